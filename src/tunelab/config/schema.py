@@ -1,0 +1,136 @@
+"""The run configuration: one pydantic model per concern.
+
+`RunConfig` = model + data + task + lora + train + generation. Every section
+forbids unknown keys so a typo is an error (with a did-you-mean), not a
+silently ignored setting. The task section is validated by the task plug-in's
+own config class, looked up in the task registry by `task.name`.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(Section):
+    name_or_path: str = "smollm2-135m-instruct"
+    """A local folder, a packaged alias (`tunelab models`), or a Hub id when online."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute precision; `auto` picks bf16 where the hardware runs it fast, else fp32."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    attn_implementation: str | None = None
+    """e.g. `sdpa`, `eager`, `flash_attention_2` (CUDA only)."""
+    chat_template: str | None = None
+    """A Jinja chat template, or the name of a built-in one (`gemma`, `chatml`), for models without one."""
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_quantization(self) -> "ModelConfig":
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("choose one of load_in_4bit and load_in_8bit")
+        return self
+
+
+class DataConfig(Section):
+    train_path: str | None = None
+    eval_path: str | None = None
+    """Optional separate eval file; otherwise `eval_fraction` of train is held out."""
+    encoding: str = "auto"
+    """`auto` detects UTF-8, UTF-8 with BOM, CP949/EUC-KR; or name one."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Maps the task's field names to your file's column names, e.g. {question: Q, answer: A}."""
+    categories: list[str] = Field(default_factory=list)
+    """Keep only these categories (empty = all)."""
+    difficulties: list[str] = Field(default_factory=list)
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    stratify_by: str | None = "category"
+    """Field to stratify the train/eval split by (if present in the data)."""
+    group_by: str | None = None
+    """Keep all rows sharing this field's value on one side of the split (avoids leakage)."""
+    drop_duplicates: bool = True
+    overlong: Literal["truncate", "drop"] = "truncate"
+    max_rows: int | None = Field(None, ge=1)
+    """Use only the first N rows of the training file (after filters) — for quick trials."""
+    seed: int = 42
+
+
+class LoraConfig(Section):
+    enabled: bool = True
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
+
+
+class TrainConfig(Section):
+    preset: Literal["fast", "balanced", "quality", "memory_efficient"] = "balanced"
+    output_dir: str | None = None
+    """Run directory; default runs/<task>-<timestamp>."""
+    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
+    max_length: int | None = Field(None, ge=8)
+    scheduler: Scheduler | None = None
+    warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool | None = None
+    neftune_alpha: float | None = None
+    use_liger_kernel: bool = False
+    """Liger fused kernels (CUDA only)."""
+    logging_steps: int = Field(5, ge=1)
+    eval_steps: int | None = Field(None, ge=1)
+    """Evaluate every N steps (default: once per epoch)."""
+    save_steps: int | None = Field(None, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    seed: int = 42
+    estimate_steps: int = Field(3, ge=0)
+    """Real steps timed to print the training-time estimate (0 = no estimate)."""
+
+
+class GenerationConfig(Section):
+    max_new_tokens: int = Field(128, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    repetition_penalty: float = Field(1.1, gt=0)
+    batch_size: int = Field(16, ge=1)
+
+
+class TaskConfig(Section):
+    """Base for every task plug-in's config; `name` picks the plug-in."""
+
+    name: str
+
+
+class RunConfig(Section):
+    task: SerializeAsAny[TaskConfig]
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_plugin_config(cls, value: Any) -> TaskConfig:
+        from tunelab.tasks.registry import get_task
+
+        if isinstance(value, str):
+            value = {"name": value}
+        if isinstance(value, TaskConfig):
+            value = value.model_dump()
+        if not isinstance(value, dict) or "name" not in value:
+            raise ValueError("task needs a `name` (see `tunelab tasks`)")
+        return get_task(value["name"]).config_class.model_validate(value)

@@ -1,0 +1,1 @@
+"""Generation engine, chat session and serving."""

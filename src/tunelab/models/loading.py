@@ -1,0 +1,129 @@
+"""Loading tokenizers and models for a head, on the detected hardware."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config.schema import ModelConfig
+from tunelab.errors import UserError
+from tunelab.io import atomic_path
+from tunelab.models.hardware import Hardware
+from tunelab.models.registry import NAMED_CHAT_TEMPLATES, ResolvedModel, cache_dir, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+def _from_pretrained_kwargs(resolved: ResolvedModel) -> dict[str, Any]:
+    return {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+
+
+def load_tokenizer(config: ModelConfig, resolved: ResolvedModel | None = None):
+    from transformers import AutoTokenizer
+
+    resolved = resolved or resolve_model(config.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=config.trust_remote_code,
+                                                  **_from_pretrained_kwargs(resolved))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load a tokenizer from `{config.name_or_path}`: {str(exc).splitlines()[0]}") from None
+    template = config.chat_template or resolved.chat_template
+    if template:
+        tokenizer.chat_template = NAMED_CHAT_TEMPLATES.get(template, template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def ensure_cached(resolved: ResolvedModel, model_cls, tokenizer) -> ResolvedModel:
+    """Dequantize a packaged GGUF once into a safetensors cache folder (atomic), then load from there."""
+    if not (resolved.alias and resolved.gguf_file):
+        return resolved
+    from transformers import GgufConfig
+
+    target = cache_dir() / "models" / resolved.alias
+    log.info("first use of %s: converting GGUF weights into %s (one time)", resolved.alias, target)
+    model = model_cls.from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32,
+                                      quantization_config=GgufConfig(dequantize=True))
+    with atomic_path(target, is_dir=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return ResolvedModel(str(target), alias=resolved.alias, chat_template=resolved.chat_template)
+
+
+def model_class(head: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification}[head]
+
+
+def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: dict | None = None,
+               tokenizer=None, for_training: bool = True):
+    """Load `config`'s weights with the task's head, in the hardware's dtype, on its device."""
+    from transformers import AutoConfig
+
+    resolved = resolve_model(config.name_or_path)
+    cls = model_class(head)
+    if resolved.gguf_file and resolved.alias:
+        resolved = ensure_cached(resolved, model_class("causal_lm") if head == "causal_lm" else cls,
+                                 tokenizer or load_tokenizer(config, resolved))
+    kwargs: dict[str, Any] = dict(head_kwargs or {})
+    kwargs.update(_from_pretrained_kwargs(resolved))
+    if resolved.gguf_file:
+        from transformers import GgufConfig
+
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    kwargs["trust_remote_code"] = config.trust_remote_code
+    if config.attn_implementation:
+        if config.attn_implementation.startswith("flash_attention") and not hardware.is_cuda:
+            raise UserError(f"model.attn_implementation={config.attn_implementation} needs a CUDA GPU; use `sdpa` here")
+        kwargs["attn_implementation"] = config.attn_implementation
+    if config.load_in_4bit or config.load_in_8bit:
+        kwargs["quantization_config"] = _bnb_config(config, hardware)
+        kwargs["device_map"] = {"": 0}
+    # Train with fp32 master weights (the Trainer autocasts); infer directly in the compute dtype.
+    kwargs["dtype"] = torch.float32 if for_training else hardware.dtype
+    try:
+        model_config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=config.trust_remote_code,
+                                                  **_from_pretrained_kwargs(resolved))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read model config from `{config.name_or_path}`: {str(exc).splitlines()[0]}") from None
+    _check_head(model_config, head, config.name_or_path)
+    try:
+        model = cls.from_pretrained(resolved.path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load model `{config.name_or_path}` for {head}: {str(exc).splitlines()[0]}") from None
+    if "device_map" not in kwargs:
+        model.to(hardware.device)
+    if tokenizer is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _check_head(model_config, head: str, name: str) -> None:
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    mapping = MODEL_FOR_CAUSAL_LM_MAPPING if head == "causal_lm" else MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+    if type(model_config) not in mapping:
+        what = "a decoder (causal LM) model" if head == "causal_lm" else "a model with a sequence-classification head"
+        raise UserError(f"model `{name}` ({model_config.model_type}) cannot serve as {what} for this task; "
+                        f"e.g. an encoder like all-minilm-l6-v2 cannot generate text")
+
+
+def _bnb_config(config: ModelConfig, hardware: Hardware):
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("4-bit/8-bit loading needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if config.load_in_4bit:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=hardware.dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()

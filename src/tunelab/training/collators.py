@@ -1,0 +1,33 @@
+"""Batch collators: dynamic padding to the longest example in the batch."""
+from __future__ import annotations
+
+import torch
+
+from tunelab.tasks.formatting import IGNORE_INDEX
+
+
+class CausalLMCollator:
+    """Pads input_ids with pad_token_id, labels with IGNORE_INDEX; attention_mask marks real tokens.
+
+    Padding is on the right for training (positions stay 0..n-1 for every row).
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            longest = (longest + m - 1) // m * m
+        n = len(examples)
+        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((n, longest), dtype=torch.long)
+        for i, e in enumerate(examples):
+            k = len(e["input_ids"])
+            input_ids[i, :k] = torch.tensor(e["input_ids"])
+            labels[i, :k] = torch.tensor(e["labels"])
+            attention[i, :k] = 1
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
