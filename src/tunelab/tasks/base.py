@@ -101,6 +101,10 @@ class Task:
         """(metric name as the Trainer logs it without `eval_`, greater_is_better)."""
         return "loss", False
 
+    def callbacks(self, tokenizer, eval_frame: pd.DataFrame) -> list:
+        """Extra TrainerCallbacks (e.g. generation metrics during training). Default: none."""
+        return []
+
     def evaluate(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", frame: pd.DataFrame) -> dict[str, float]:
         """Task metrics on labelled rows, from real predictions. Default: none beyond the loss."""
         return {}
