@@ -64,7 +64,8 @@ def load_splits(config: RunConfig, task: Task) -> Splits:
     return Splits(train=train, eval=evaluation, reports=reports)
 
 
-def check_lengths(frame: pd.DataFrame, task: Task, tokenizer, max_length: int, report: DataReport, policy: str) -> pd.DataFrame:
+def check_lengths(frame: pd.DataFrame, task: Task, tokenizer, max_length: int, report: DataReport, policy: str,
+                  split: str = "train") -> pd.DataFrame:
     """Count rows longer than max_length tokens; drop them if the policy says so (truncation happens in encode)."""
     if frame.empty:
         return frame
@@ -74,7 +75,7 @@ def check_lengths(frame: pd.DataFrame, task: Task, tokenizer, max_length: int, r
     report.add("overlong", [int(i) + 1 for i in frame.index[over]])
     if over.any():
         action = "dropped" if policy == "drop" else "truncated"
-        report.notes.append(f"{int(over.sum())} rows exceed max_length={max_length} tokens and were {action} "
+        report.notes.append(f"{split}: {int(over.sum())} rows exceed max_length={max_length} tokens and were {action} "
                             f"(longest {max(lengths)}); see `tunelab data lengths`")
     if policy == "drop":
         frame = frame[~over]

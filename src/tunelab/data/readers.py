@@ -1,9 +1,8 @@
 """Reading user files into DataFrames: CSV/TSV/JSON/JSONL/Parquet (optionally .gz), any common encoding.
 
-Encoding detection tries the strict decoders first (UTF-8 with/without BOM,
-then CP949, which is a superset of EUC-KR), and falls back to
-charset-normalizer's guess. A file none of them decodes is a UserError that
-names the byte offset, not a UnicodeDecodeError traceback.
+Encoding detection: a UTF-16 BOM, else strict UTF-8 (with or without BOM),
+else CP949 (a superset of EUC-KR). A file none of them decodes is a UserError
+naming the line and byte, never a guess that yields mojibake, nor a traceback.
 """
 from __future__ import annotations
 
@@ -39,22 +38,24 @@ def decode_bytes(raw: bytes, path: Path, encoding: str = "auto") -> tuple[str, s
             raise UserError(f"{path}: unknown encoding `{encoding}`") from None
         except UnicodeDecodeError as exc:
             raise UserError(f"{path}: not valid {encoding} at byte {exc.start}; try `data.encoding: auto`") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16"), "utf-16"
     for name in _STRICT_ENCODINGS:
         try:
             text = raw.decode(name)
         except UnicodeDecodeError:
             continue
-        used = "utf-8-sig" if name == "utf-8-sig" and raw.startswith(b"\xef\xbb\xbf") else ("utf-8" if name == "utf-8-sig" else name)
-        return text, used
-    from charset_normalizer import from_bytes
-
-    best = from_bytes(raw).best()
-    if best is None:
-        bad = len(raw.decode("utf-8", errors="ignore").encode("utf-8"))  # roughly where decoding fails
-        raise UserError(
-            f"{path}: cannot decode the file (not UTF-8 near byte {bad}, not CP949/EUC-KR); "
-            "save it as UTF-8 or set `data.encoding`")
-    return str(best), best.encoding
+        if name == "utf-8-sig":
+            return text, "utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8"
+        return text, name
+    # Guessing further (latin-1 decodes anything) would silently produce mojibake: ask instead.
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}: cannot decode line {line} (byte {exc.start} is not UTF-8, and the file is not "
+                        "CP949/EUC-KR either); save it as UTF-8 or set `data.encoding` (e.g. latin-1)") from None
+    raise AssertionError("unreachable")
 
 
 def read_table(path: str | Path, encoding: str = "auto") -> pd.DataFrame:

@@ -37,7 +37,7 @@ def load_tokenizer(config: ModelConfig, resolved: ResolvedModel | None = None):
     return tokenizer
 
 
-def ensure_cached(resolved: ResolvedModel, model_cls, tokenizer) -> ResolvedModel:
+def ensure_cached(resolved: ResolvedModel, tokenizer) -> ResolvedModel:
     """Dequantize a packaged GGUF once into a safetensors cache folder (atomic), then load from there."""
     if not (resolved.alias and resolved.gguf_file):
         return resolved
@@ -45,7 +45,7 @@ def ensure_cached(resolved: ResolvedModel, model_cls, tokenizer) -> ResolvedMode
 
     target = cache_dir() / "models" / resolved.alias
     log.info("first use of %s: converting GGUF weights into %s (one time)", resolved.alias, target)
-    model = model_cls.from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32,
+    model = model_class("causal_lm").from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32,
                                       quantization_config=GgufConfig(dequantize=True))
     with atomic_path(target, is_dir=True) as tmp:
         model.save_pretrained(tmp)
@@ -62,13 +62,10 @@ def model_class(head: str):
 def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: dict | None = None,
                tokenizer=None, for_training: bool = True):
     """Load `config`'s weights with the task's head, in the hardware's dtype, on its device."""
-    from transformers import AutoConfig
-
     resolved = resolve_model(config.name_or_path)
     cls = model_class(head)
     if resolved.gguf_file and resolved.alias:
-        resolved = ensure_cached(resolved, model_class("causal_lm") if head == "causal_lm" else cls,
-                                 tokenizer or load_tokenizer(config, resolved))
+        resolved = ensure_cached(resolved, tokenizer or load_tokenizer(config, resolved))
     kwargs: dict[str, Any] = dict(head_kwargs or {})
     kwargs.update(_from_pretrained_kwargs(resolved))
     if resolved.gguf_file:
@@ -85,12 +82,7 @@ def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: 
         kwargs["device_map"] = {"": 0}
     # Train with fp32 master weights (the Trainer autocasts); infer directly in the compute dtype.
     kwargs["dtype"] = torch.float32 if for_training else hardware.dtype
-    try:
-        model_config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=config.trust_remote_code,
-                                                  **_from_pretrained_kwargs(resolved))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read model config from `{config.name_or_path}`: {str(exc).splitlines()[0]}") from None
-    _check_head(model_config, head, config.name_or_path)
+    check_head(config, head, resolved)
     try:
         model = cls.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError) as exc:
@@ -102,11 +94,25 @@ def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: 
     return model
 
 
-def _check_head(model_config, head: str, name: str) -> None:
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+def check_head(config: ModelConfig, head: str, resolved: ResolvedModel | None = None) -> None:
+    """Fail early, with a clear message, when the model cannot take the task's head (an encoder for generation)."""
+    from transformers import AutoConfig, MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    resolved = resolved or resolve_model(config.name_or_path)
+    name = config.name_or_path
+    try:
+        model_config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=config.trust_remote_code,
+                                                  **_from_pretrained_kwargs(resolved))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read model config from `{name}`: {str(exc).splitlines()[0]}") from None
 
     mapping = MODEL_FOR_CAUSAL_LM_MAPPING if head == "causal_lm" else MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
-    if type(model_config) not in mapping:
+    supported = type(model_config) in mapping
+    if head == "causal_lm" and model_config.architectures:
+        # BERT-style encoders register an LM head class too, but were never trained to generate.
+        supported = supported and any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+                                      for a in model_config.architectures)
+    if not supported:
         what = "a decoder (causal LM) model" if head == "causal_lm" else "a model with a sequence-classification head"
         raise UserError(f"model `{name}` ({model_config.model_type}) cannot serve as {what} for this task; "
                         f"e.g. an encoder like all-minilm-l6-v2 cannot generate text")

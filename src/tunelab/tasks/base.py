@@ -76,6 +76,10 @@ class Task:
         """Rows -> tokenized examples (lists of ints: input_ids, and labels / label)."""
         raise NotImplementedError
 
+    def encode_train(self, frame: pd.DataFrame, tokenizer: "PreTrainedTokenizerBase", max_length: int) -> list[dict]:
+        """Training examples; a task may augment here (e.g. A/B swaps). Default: `encode`."""
+        return self.encode(frame, tokenizer, max_length)
+
     def collate(self, tokenizer: "PreTrainedTokenizerBase") -> Callable[[list[dict]], dict]:
         """The batch collator for `encode`'s examples."""
         raise NotImplementedError

@@ -1,0 +1,60 @@
+"""`tunelab train CONFIG.yaml [overrides]`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunelab.cli.app import app, console, user_errors
+
+
+def collect_overrides(preset, epochs, learning_rate, batch_size, max_length, output_dir, categories, difficulties,
+                      data, model, max_steps, set_items, lora_r=None, load_8bit=None, load_4bit=None) -> dict:
+    from tunelab.config import parse_set_options
+
+    overrides = {
+        "train.preset": preset, "train.epochs": epochs, "train.learning_rate": learning_rate,
+        "train.batch_size": batch_size, "train.max_length": max_length, "train.output_dir": output_dir,
+        "train.max_steps": max_steps, "data.train_path": data, "model.name_or_path": model,
+        "lora.r": lora_r, "model.load_in_8bit": load_8bit or None, "model.load_in_4bit": load_4bit or None,
+        "data.categories": [c.strip() for c in categories.split(",")] if categories else None,
+        "data.difficulties": [d.strip() for d in difficulties.split(",")] if difficulties else None,
+    }
+    overrides.update(parse_set_options(set_items))
+    return overrides
+
+
+@app.command()
+@user_errors
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML run config (see examples/); without one, chat/QA SFT from the options."),
+    preset: Optional[str] = typer.Option(None, help="fast | balanced (default) | quality | memory_efficient"),
+    epochs: Optional[float] = typer.Option(None, help="Training epochs."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--learning_rate", "--lr", help="Peak learning rate."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", help="Per-device batch size."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", "--max_length", help="Max tokens per example."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimizer steps."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "--output_dir", help="Run directory (default runs/<task>-<time>)."),
+    data: Optional[str] = typer.Option(None, "--data", "--dataset-path", "--dataset_path", help="Training data file (overrides data.train_path)."),
+    model: Optional[str] = typer.Option(None, help="Model folder / packaged alias / Hub id."),
+    categories: Optional[str] = typer.Option(None, help="Comma-separated categories to keep."),
+    difficulties: Optional[str] = typer.Option(None, help="Comma-separated difficulties to keep."),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", "--lora_r", help="LoRA rank."),
+    load_8bit: bool = typer.Option(False, "--load-8bit", "--load_8bit", help="Load the base model in 8-bit (CUDA)."),
+    load_4bit: bool = typer.Option(False, "--load-4bit", "--load_4bit", help="Load the base model in 4-bit, QLoRA (CUDA)."),
+    set_items: Optional[list[str]] = typer.Option(None, "--set", help="Any config key: --set lora.r=8 (repeatable)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run in --output-dir."),
+):
+    """Fine-tune a model as the config says; writes a run directory."""
+    from tunelab.config import build_config, load_config
+    from tunelab.training.recipe import train as run_training
+
+    overrides = collect_overrides(preset, epochs, learning_rate, batch_size, max_length, output_dir,
+                                                 categories, difficulties, data, model, max_steps, set_items,
+                                                 lora_r, load_8bit, load_4bit)
+    cfg = load_config(config, overrides) if config else build_config({"task": "sft"}, overrides, source="command line")
+    result = run_training(cfg, resume=resume, overwrite=overwrite, echo=console.print)
+    shown = {k: v for k, v in result.metrics.items() if k.startswith(("eval_", "train_loss"))}
+    console.print_json(data=shown)

@@ -1,0 +1,22 @@
+"""Dataset statistics for `tunelab data stats`: rows, columns, text lengths, category/difficulty counts."""
+from __future__ import annotations
+
+import pandas as pd
+
+
+def describe(frame: pd.DataFrame, max_categories: int = 15) -> dict:
+    out: dict = {"rows": len(frame), "columns": {}}
+    for column in frame.columns:
+        series = frame[column]
+        info: dict = {"empty": int(series.map(lambda v: v is None or (isinstance(v, str) and not v.strip())
+                                              or (isinstance(v, float) and v != v)).sum())}
+        if series.map(lambda v: isinstance(v, str)).all():
+            lengths = series.str.len()
+            info.update(chars_mean=round(float(lengths.mean()), 1), chars_median=float(lengths.median()),
+                        chars_p95=float(lengths.quantile(0.95)), chars_max=int(lengths.max()),
+                        unique=int(series.nunique()))
+            if series.nunique() <= max(max_categories, len(frame) // 20) and series.nunique() < len(frame):
+                info["counts"] = {str(k): int(v) for k, v in series.value_counts().head(max_categories).items()}
+        out["columns"][str(column)] = info
+    out["duplicate_rows"] = int(frame.astype(str).duplicated().sum())
+    return out

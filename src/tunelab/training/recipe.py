@@ -1,0 +1,133 @@
+"""The training recipe, top to bottom. Task-agnostic: the task plug-in answers every task question.
+
+config -> run dir -> data (read, validate, split) -> task (fit, encode) -> model (load, LoRA)
+-> Trainer (train, evaluate before/after) -> final model + metrics.json + plots.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tunelab.config import RunConfig, load_config, save_config
+from tunelab.data.pipeline import check_lengths, load_splits
+from tunelab.errors import UserError
+from tunelab.io import atomic_path, atomic_write_json
+from tunelab.models.loading import check_head
+from tunelab.models import apply_lora, detect_hardware, load_model, load_tokenizer, trainable_summary
+from tunelab.tasks import get_task
+from tunelab.training.callbacks import HistoryCallback, TimeEstimateCallback, plot_history
+from tunelab.training.rundir import RunDir
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
+          echo: Callable[[str], None] = print) -> RunResult:
+    # 1. Run directory. Resuming continues the stored config, whatever the command line says now.
+    run = RunDir.prepare(config.train.output_dir or RunDir.default_path(config.task.name), resume, overwrite)
+    if resume:
+        config = load_config(run.config)
+    config.train.output_dir = str(run.path)
+    task = get_task(config.task.name)(config)
+    hardware = detect_hardware(config.model)
+    echo(f"run dir: {run.path}   task: {task.name}   model: {config.model.name_or_path}   hardware: {hardware.describe()}")
+
+    check_head(config.model, task.head)  # an encoder cannot generate: say so before any data work
+
+    # 2. Data: read, validate, filter, split; report every dropped row.
+    tokenizer = load_tokenizer(config.model)
+    splits = load_splits(config, task)
+    max_length = config.train.max_length
+    splits.train = check_lengths(splits.train, task, tokenizer, max_length, splits.reports[0], config.data.overlong, "train")
+    if not splits.eval.empty:
+        splits.eval = check_lengths(splits.eval, task, tokenizer, max_length, splits.reports[-1], config.data.overlong, "eval")
+    for report in splits.reports:
+        for line in report.lines():
+            echo(line)
+    echo(f"split: {len(splits.train)} train / {len(splits.eval)} eval rows")
+
+    # 3. Task: learn what it needs from train data, turn rows into examples.
+    task.fit(splits.train)
+    train_examples = task.encode_train(splits.train, tokenizer, max_length)
+    eval_examples = task.encode(splits.eval, tokenizer, max_length) if not splits.eval.empty else []
+    if not train_examples:
+        raise UserError(f"{config.data.train_path}: no trainable examples (all answers truncated away at "
+                        f"max_length={max_length}?)")
+    if is_main_process():
+        save_config(config, run.config)
+        atomic_write_json(run.task_state, task.state())
+        atomic_write_json(run.data_report, [r.to_dict() for r in splits.reports])
+
+    # 4. Model: the task's head, on the detected hardware, with LoRA unless full fine-tuning.
+    model = load_model(config.model, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer)
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model = apply_lora(model, config.lora, task.head, task.lora_modules_to_save(),
+                       quantized=config.model.load_in_4bit or config.model.load_in_8bit,
+                       gradient_checkpointing=bool(config.train.gradient_checkpointing))
+    echo(trainable_summary(model))
+
+    # 5. Train with the ecosystem's Trainer; our callbacks write the run dir.
+    from tunelab.training.arguments import training_arguments
+    from tunelab.training.trainer import TunelabTrainer
+
+    args = training_arguments(config, run, hardware, task, n_train=len(train_examples), has_eval=bool(eval_examples))
+    callbacks = [HistoryCallback(run, resume_step=run.last_checkpoint_step() if resume else None),
+                 TimeEstimateCallback(config.train.estimate_steps, lambda per_step, remaining: echo(
+                     f"estimated training time: {_minutes(per_step * remaining)} more "
+                     f"({per_step:.2f} s/step measured over {config.train.estimate_steps} steps, {remaining} steps left)"))]
+    callbacks += task.callbacks(tokenizer, splits.eval)
+    trainer = TunelabTrainer(model=model, args=args, data_collator=task.collate(tokenizer),
+                             train_dataset=train_examples, eval_dataset=eval_examples or None,
+                             processing_class=tokenizer, compute_metrics=task.trainer_metrics(),
+                             compute_loss_func=task.compute_loss, callbacks=callbacks)
+    metrics: dict = {}
+    if eval_examples and not resume:
+        before = trainer.evaluate(metric_key_prefix="eval_before")
+        metrics.update({k: v for k, v in before.items() if not k.endswith(("_runtime", "per_second"))})
+        echo(f"eval loss before training: {before['eval_before_loss']:.4f}")
+        if is_main_process():  # kept for a resumed run's before/after comparison
+            atomic_write_json(run.metrics, metrics)
+    elif resume:
+        metrics.update({k: v for k, v in run.read_metrics().items() if k.startswith("eval_before")})
+    output = trainer.train(resume_from_checkpoint=True if resume else None)
+    metrics["train_loss"] = output.training_loss
+    metrics["train_runtime_s"] = round(output.metrics.get("train_runtime", 0.0), 2)
+    metrics["train_steps"] = output.global_step
+    metrics["train_examples"] = len(train_examples)
+    if eval_examples:
+        after = trainer.evaluate()
+        metrics.update({k: v for k, v in after.items() if not k.endswith(("_runtime", "per_second"))})
+        if "eval_loss" in after:
+            metrics["eval_perplexity"] = math.exp(min(after["eval_loss"], 50))
+        echo(f"eval loss after training: {after.get('eval_loss', float('nan')):.4f}")
+
+    # 6. Final model, task metrics from real predictions, metrics.json, plots.
+    if is_main_process():
+        with atomic_path(run.final, is_dir=True) as tmp:
+            trainer.save_model(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+    if not splits.eval.empty:
+        model.eval()
+        metrics.update(task.evaluate(trainer.model, tokenizer, splits.eval))
+    if is_main_process():
+        atomic_write_json(run.metrics, metrics)
+        plot_history(run)
+    echo(f"saved: {run.final}  metrics: {run.metrics}")
+    return RunResult(run_dir=run.path, metrics=metrics)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -1,0 +1,105 @@
+import pandas as pd
+import pytest
+
+from tunelab.data.readers import read_table
+from tunelab.data.split import train_eval_split
+from tunelab.data.validate import DataReport, apply_filters, clean, map_columns, require_fields
+from tunelab.errors import UserError
+
+KO = "질문,답변,분류\n안녕하세요,반갑습니다,일상\n사랑해,고마워요,사랑\n"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp949", "euc-kr"])
+def test_reads_korean_csv_in_any_common_encoding(tmp_path, encoding):
+    path = tmp_path / "ko.csv"
+    path.write_bytes(KO.encode(encoding))
+    frame = read_table(path)
+    assert list(frame.columns) == ["질문", "답변", "분류"]  # no BOM left in the first header
+    assert frame.iloc[1].tolist() == ["사랑해", "고마워요", "사랑"]
+
+
+@pytest.mark.parametrize("name,content", [
+    ("d.jsonl", '{"question": "q1", "answer": "a1"}\n\n{"question": "q2", "answer": "a2"}\n'),
+    ("d.json", '[{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2"}]'),
+    ("d.tsv", "question\tanswer\nq1\ta1\nq2\ta2\n"),
+])
+def test_reads_json_jsonl_tsv(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    assert read_table(path)[["question", "answer"]].values.tolist() == [["q1", "a1"], ["q2", "a2"]]
+
+
+def test_reads_parquet_and_gzip(tmp_path):
+    pd.DataFrame({"question": ["q"], "answer": ["a"]}).to_parquet(tmp_path / "d.parquet")
+    assert read_table(tmp_path / "d.parquet").iloc[0]["answer"] == "a"
+    import gzip
+    (tmp_path / "d.csv.gz").write_bytes(gzip.compress(b"question,answer\nq,a\n"))
+    assert read_table(tmp_path / "d.csv.gz").iloc[0]["question"] == "q"
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "the file is empty"),
+    (b"question,answer\n", "no data rows"),
+    (b"question,answer\ncaf\xe9 ok,x\n", "cannot decode line 2"),
+])
+def test_bad_files_are_user_errors_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as err:
+        read_table(path)
+    assert "bad.csv" in str(err.value)
+
+
+def test_missing_file_and_bad_json_line(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        read_table(tmp_path / "nope.csv")
+    (tmp_path / "x.jsonl").write_text('{"a": 1}\n{broken\n')
+    with pytest.raises(UserError, match="line 2"):
+        read_table(tmp_path / "x.jsonl")
+
+
+def test_column_mapping_and_missing_column_message():
+    frame = pd.DataFrame({"Q": ["q"], "A": ["a"], "label": ["0"]})
+    mapped = map_columns(frame, {"question": "Q", "answer": "A"}, {"question", "answer", "category"}, "f.csv")
+    assert require_fields(mapped, (("messages",), ("question", "answer")), "f.csv") == ("question", "answer")
+    with pytest.raises(UserError, match=r"f.csv: column `Qs`.*did you mean `Q`"):
+        map_columns(frame, {"question": "Qs"}, {"question"}, "f.csv")
+    with pytest.raises(UserError, match=r"f.csv: missing column `answer`.*data.columns"):
+        require_fields(pd.DataFrame({"question": ["q"]}), (("question", "answer"),), "f.csv")
+
+
+def test_clean_reports_empty_and_duplicate_rows_with_row_numbers():
+    frame = pd.DataFrame({"question": ["a", " ", "a", "b"], "answer": ["x", "y", "x", ""]})
+    report = DataReport("f.csv", rows_read=4)
+    kept = clean(frame, ("question", "answer"), report, drop_duplicates=True)
+    assert kept["question"].tolist() == ["a"]
+    assert report.empty == 2 and report.examples["empty"] == [2, 4]
+    assert report.duplicates == 1 and report.examples["duplicates"] == [3]
+    assert any("empty: 2" in line for line in report.lines())
+
+
+def test_filters_by_category_and_difficulty_and_unknown_value():
+    frame = pd.DataFrame({"question": list("abcd"), "answer": list("wxyz"),
+                          "category": ["law", "tax", "law", "law"], "difficulty": ["easy", "easy", "hard", "easy"]})
+    report = DataReport("f.csv")
+    kept = apply_filters(frame, ["law"], ["easy"], report)
+    assert kept["question"].tolist() == ["a", "d"] and report.filtered_out == 2
+    with pytest.raises(UserError, match=r"no rows with category `lawx`.*did you mean `law`"):
+        apply_filters(frame, ["lawx"], [], DataReport("f.csv"))
+
+
+def test_stratified_split_keeps_every_category_in_train_and_proportions():
+    frame = pd.DataFrame({"category": ["a"] * 50 + ["b"] * 30 + ["c"] * 20 + ["d"], "x": range(101)})
+    train, evaluation = train_eval_split(frame, 0.2, seed=0, stratify_by="category")
+    assert len(train) + len(evaluation) == 101 and not set(train.index) & set(evaluation.index)
+    assert evaluation["category"].value_counts().to_dict() == {"a": 10, "b": 6, "c": 4}
+    assert set(train["category"]) == {"a", "b", "c", "d"}
+    again = train_eval_split(frame, 0.2, seed=0, stratify_by="category")[1]
+    assert again.index.tolist() == evaluation.index.tolist()  # deterministic
+
+
+def test_grouped_split_never_splits_a_group():
+    frame = pd.DataFrame({"qid": [i // 5 for i in range(100)], "x": range(100)})
+    train, evaluation = train_eval_split(frame, 0.2, seed=1, group_by="qid")
+    assert not set(train["qid"]) & set(evaluation["qid"])
+    assert 15 <= len(evaluation) <= 25

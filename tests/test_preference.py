@@ -1,0 +1,170 @@
+"""Preference task: transcript splitting, A/B swap mapping, fair truncation, swap test-time averaging, e2e."""
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tunelab.config import build_config
+from tunelab.errors import UserError
+from tunelab.tasks.preference import (
+    PreferenceTask, fair_allocation, split_transcripts, swap_frame, swap_labels, turns_text, unswap_probs,
+)
+
+SHARED = Path(os.environ.get("TUNELAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+HH = SHARED / "preference_hh_rlhf" / "test.jsonl.gz"
+
+
+def _task(**task_options):
+    return PreferenceTask(build_config({"task": {"name": "preference", **task_options},
+                                        "model": {"name_or_path": "all-minilm-l6-v2"}}))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tunelab.config.schema import ModelConfig
+    from tunelab.models import load_tokenizer
+
+    return load_tokenizer(ModelConfig(name_or_path="all-minilm-l6-v2"))
+
+
+def test_swap_maps_labels_a_to_b_b_to_a_tie_to_tie():
+    assert swap_labels(np.array([0, 1, 2, 0])).tolist() == [1, 0, 2, 1]
+    frame = pd.DataFrame({"prompt": ["p"], "response_a": ["first"], "response_b": ["second"],
+                          "winner_model_a": [1], "winner_model_b": [0], "winner_tie": [0], "label": [0]})
+    swapped = swap_frame(frame)
+    assert swapped.loc[0, ["response_a", "response_b"]].tolist() == ["second", "first"]
+    assert swapped.loc[0, ["winner_model_a", "winner_model_b", "winner_tie"]].tolist() == [0, 1, 0]
+    assert swapped.loc[0, "label"] == 1
+    assert swap_frame(swapped).equals(frame)  # swapping twice is the identity
+
+
+def test_unswap_probabilities():
+    swapped_pred = np.array([[0.1, 0.7, 0.2]])  # on swapped input: "B" (= original A) wins
+    assert unswap_probs(swapped_pred).tolist() == [[0.7, 0.1, 0.2]]
+    assert unswap_probs(np.array([[0.3, 0.7]])).tolist() == [[0.7, 0.3]]
+
+
+def test_split_transcripts_shared_prefix_is_the_prompt():
+    chosen = "\n\nHuman: hi\n\nAssistant: hello!\n\nHuman: how to bake bread?\n\nAssistant: Mix flour and water."
+    rejected = "\n\nHuman: hi\n\nAssistant: hello!\n\nHuman: how to bake bread?\n\nAssistant: Mix it."
+    prompt, a, b = split_transcripts(chosen, rejected)
+    assert prompt.endswith("how to bake bread?\n\nAssistant:")
+    assert prompt.startswith("Human: hi")
+    assert (a, b) == ("Mix flour and water.", "Mix it.")
+
+
+def test_arena_json_turns_are_joined():
+    assert turns_text('["Hi", null, "Bye"]') == "Hi\n\nBye"
+    assert turns_text("[not json") == "[not json"
+
+
+def test_fair_allocation_keeps_both_responses():
+    # A huge prompt and a huge response A cannot crowd out response B.
+    p, a, b = fair_allocation(5000, 5000, 40, budget=124, prompt_share=0.3)
+    assert p + a + b == 124
+    assert b == 40 and a >= 40 and p <= int(124 * 0.3)
+    # Short responses leave their room to the prompt.
+    assert fair_allocation(500, 10, 10, budget=124, prompt_share=0.3) == (104, 10, 10)
+    assert fair_allocation(5, 6, 7, budget=100, prompt_share=0.3) == (5, 6, 7)
+
+
+def test_chosen_rejected_placement_is_seeded_and_labels_follow(tokenizer):
+    rows = pd.DataFrame({"chosen": [f"\n\nHuman: q{i}\n\nAssistant: good {i}" for i in range(40)],
+                         "rejected": [f"\n\nHuman: q{i}\n\nAssistant: bad {i}" for i in range(40)]})
+    task = _task()
+    first, second = task.prepare(rows, "train"), task.prepare(rows, "train")
+    assert first.equals(second)
+    assert 5 < int(first["winner_model_a"].sum()) < 35  # both placements occur
+    for _, row in first.iterrows():
+        winner = row["response_a"] if row["label"] == 0 else row["response_b"]
+        assert winner.startswith("good")
+    task.fit(first)
+    assert task.classes == ["winner_model_a", "winner_model_b"]  # no ties -> 2-way head
+    examples = task.encode(first, tokenizer, max_length=32)
+    assert all(e["input_ids"][0] == tokenizer.cls_token_id and e["input_ids"][-1] == tokenizer.sep_token_id for e in examples)
+    assert len(task.encode_train(first, tokenizer, 32)) == 2 * len(examples)
+    assert len(_task(swap_augment=False).encode_train(first, tokenizer, 32)) == len(examples)
+
+
+def test_bad_winner_columns_name_the_row():
+    frame = pd.DataFrame({"prompt": ["p", "q"], "response_a": ["a", "a"], "response_b": ["b", "b"],
+                          "winner_model_a": ["1", "1"], "winner_model_b": ["0", "1"], "winner_tie": ["0", "0"]})
+    with pytest.raises(UserError, match=r"row 2: exactly one of winner_model_a"):
+        _task().prepare(frame, "train")
+
+
+class _KeywordJudge(torch.nn.Module):
+    """Prefers the response that contains `good`, and has a strong bias for position A."""
+
+    def __init__(self, good_id: int, sep_id: int, position_bias: float):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(num_labels=3)
+        self.good_id, self.sep_id, self.bias = good_id, sep_id, position_bias
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        logits = []
+        for ids in input_ids.tolist():
+            seps = [i for i, t in enumerate(ids) if t == self.sep_id]
+            a, b = ids[seps[0] + 1 : seps[1]], ids[seps[1] + 1 : seps[2]]
+            logits.append([2.0 * (self.good_id in a) + self.bias, 2.0 * (self.good_id in b), 0.0])
+        return SimpleNamespace(logits=torch.tensor(logits))
+
+
+def test_swap_tta_unswaps_and_cancels_position_bias(tokenizer):
+    frame = pd.DataFrame({"prompt": ["which?", "which?"], "response_a": ["good answer", "meh answer"],
+                          "response_b": ["meh answer", "good answer"]})
+    good_id = tokenizer.convert_tokens_to_ids("good")
+    judge = _KeywordJudge(good_id, tokenizer.sep_token_id, position_bias=1.5)
+    task = _task()
+    task.classes = ["winner_model_a", "winner_model_b", "winner_tie"]
+    probs = task.predict_proba(judge, tokenizer, frame)
+    assert probs.sum(axis=1) == pytest.approx([1.0, 1.0])
+    # With the bias averaged out, "good in A" and "good in B" are exact mirror images.
+    assert probs[0, 0] == pytest.approx(probs[1, 1])
+    assert probs[0, 1] == pytest.approx(probs[1, 0])
+    assert probs[0, 0] > probs[0, 1] and probs[1, 1] > probs[1, 0]
+    raw = _task(swap_tta=False)
+    raw.classes = task.classes
+    biased = raw.predict_proba(judge, tokenizer, frame)
+    assert biased[0, 0] != pytest.approx(biased[1, 1])  # without TTA the position bias shows
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not HH.exists(), reason=f"shared data not found: {HH}")
+def test_preference_hh_rlhf_trains_and_writes_valid_submission(tmp_path):
+    from tunelab.api import load
+    from tunelab.io.submission import check_submission
+    from tunelab.training.recipe import train
+
+    rows = pd.read_json(HH, lines=True)
+    rows.iloc[:400].to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    test = rows.iloc[2000:2080]
+    test.to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    config = build_config({
+        "task": {"name": "preference"},
+        "model": {"name_or_path": "all-minilm-l6-v2"},
+        "data": {"train_path": str(tmp_path / "train.jsonl"), "eval_fraction": 0.15, "stratify_by": "label"},
+        "lora": {"enabled": False},
+        "train": {"preset": "fast", "epochs": 1, "learning_rate": 5e-5, "batch_size": 16, "max_length": 128,
+                  "output_dir": str(tmp_path / "run"), "logging_steps": 10, "estimate_steps": 0},
+    })
+    result = train(config)
+    m = result.metrics
+    assert np.isfinite(m["log_loss"]) and 0.3 < m["log_loss"] < 1.0
+    assert "length_corr_pred" in m and "eval_log_loss" in m
+    report = json.loads((result.run_dir / "data_report.json").read_text())
+    assert m["train_examples"] == 2 * report[0]["rows_used"]  # swap augmentation doubled the training pairs
+    run = load(result.run_dir)
+    frame = run.read(tmp_path / "test.jsonl")
+    predictions = run.task.predict(run.model, run.tokenizer, frame)
+    out = run.task.write_predictions(predictions, tmp_path / "submission.csv")
+    assert check_submission(out, "arena", expected_ids=range(1, len(test) + 1)).rows == len(test)
+    sub = pd.read_csv(out)
+    assert (sub["winner_tie"] == 0).all()  # hh-rlhf has no ties: 2-way head
+    assert np.allclose(sub[["winner_model_a", "winner_model_b", "winner_tie"]].sum(axis=1), 1.0, atol=1e-6)

@@ -1,0 +1,201 @@
+"""The fast training path must give the same numbers as the plain one.
+
+Speed itself is measured by bench/, never here. These tests pin what the speed levers
+must not change: the loss and its gradients, per-example isolation inside a padded
+batch, and a deterministic, resumable, complete batch order.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab.training.collators import CausalLMCollator
+from tunelab.training.speed import LengthBucketSampler, causal_lm_loss, supervised_positions
+from tunelab.training.trainer import TunelabTrainer
+
+PAD = 0
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=PAD, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).float()
+
+
+def make_examples(n: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(n):
+        length = int(torch.randint(4, 40, (1,), generator=g))
+        ids = torch.randint(1, 97, (length,), generator=g).tolist()
+        prompt = int(torch.randint(1, length - 1, (1,), generator=g))
+        examples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return examples
+
+
+def training_args(tmp_path, **kw):
+    from transformers import TrainingArguments
+
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                report_to=[], use_cpu=True, learning_rate=1e-2, logging_steps=1, save_strategy="no",
+                disable_tqdm=True, seed=7)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+# -- sampler ----------------------------------------------------------------------------------
+def test_bucket_sampler_is_a_deterministic_permutation_per_epoch():
+    lengths = [int(x) for x in torch.randint(1, 500, (203,), generator=torch.Generator().manual_seed(1))]
+    sampler = LengthBucketSampler(lengths, batch_size=8, seed=3)
+    epoch0 = list(sampler)
+    assert sorted(epoch0) == list(range(203))  # every example exactly once
+    assert list(LengthBucketSampler(lengths, batch_size=8, seed=3)) == epoch0  # same seed, same order
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert sorted(epoch1) == list(range(203)) and epoch1 != epoch0
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch0  # resume replays epoch 0 exactly
+
+
+def test_bucket_sampler_batches_have_similar_lengths_and_longest_first():
+    g = torch.Generator().manual_seed(2)
+    lengths = [int(x) for x in torch.randint(10, 512, (400,), generator=g)]
+    batches = LengthBucketSampler(lengths, batch_size=8, seed=0).batches()
+    padded = sum(8 * max(lengths[i] for i in b) for b in batches[:-1])
+    real = sum(lengths[i] for b in batches[:-1] for i in b)
+    assert real / padded > 0.95  # random batches of this data waste ~35%
+    assert max(lengths[i] for i in batches[0]) == max(lengths)
+    assert len(batches[-1]) == 400 % 8 or len(batches[-1]) == 8
+    assert all(len(b) == 8 for b in batches[:-1])
+
+
+# -- loss equivalence ---------------------------------------------------------------------
+def test_selective_logits_loss_and_grads_equal_transformers_loss():
+    model = tiny_llama()
+    batch = CausalLMCollator(PAD)(make_examples(6))
+    ref = model(**batch).loss
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+
+    keep = supervised_positions(batch["labels"])
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+    assert out.logits.shape == (int(keep.sum()), 97)  # only labelled positions hit the LM head
+    fast = causal_lm_loss(out.logits, batch["labels"], keep=keep, chunk_size=7)  # chunks of odd size
+    fast_grads = torch.autograd.grad(fast, list(model.parameters()))
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_nothing_leaks_across_examples_in_a_padded_batch():
+    model = tiny_llama().eval()
+    examples = make_examples(5, seed=4)
+    batch = CausalLMCollator(PAD)(examples)
+    keep = supervised_positions(batch["labels"])
+    with torch.no_grad():
+        batched = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+        alone = []
+        for e in examples:
+            one = CausalLMCollator(PAD)([e])
+            k = supervised_positions(one["labels"])
+            alone.append(model(**{k_: v for k_, v in one.items() if k_ != "labels"}, logits_to_keep=k).logits)
+    torch.testing.assert_close(batched, torch.cat(alone), rtol=1e-4, atol=1e-5)
+
+
+def test_trainer_fast_path_matches_plain_trainer(tmp_path):
+    examples = make_examples(8, seed=5)
+    batch = CausalLMCollator(PAD)(examples)
+    results = []
+    for fast in (True, False):
+        model = tiny_llama()
+        trainer = TunelabTrainer(model=model, args=training_args(tmp_path), data_collator=CausalLMCollator(PAD),
+                                 train_dataset=examples, selective_logits=fast)
+        assert trainer._use_selective_logits(model.train(), batch) is fast
+        n = batch["labels"][:, 1:].ne(-100).sum()
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
+        grads = torch.autograd.grad(loss, [p for p in model.parameters()])
+        results.append((loss.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_custom_loss_or_metrics_take_the_plain_path(tmp_path):
+    examples = make_examples(4)
+    batch = CausalLMCollator(PAD)(examples)
+    model = tiny_llama()
+    custom = TunelabTrainer(model=model, args=training_args(tmp_path), train_dataset=examples,
+                            data_collator=CausalLMCollator(PAD), compute_loss_func=lambda o, l, **k: o.logits.sum())
+    assert not custom._use_selective_logits(model.train(), batch)
+    plain = TunelabTrainer(model=model, args=training_args(tmp_path), train_dataset=examples,
+                           data_collator=CausalLMCollator(PAD))
+    assert not plain._use_selective_logits(model.eval(), batch)  # eval that returns logits: full logits
+    plain._loss_only_prediction = True
+    assert plain._use_selective_logits(model.eval(), batch)
+
+
+# -- Trainer integration --------------------------------------------------------------------
+def _train(tmp_path, examples, resume=None, **kw):
+    model = tiny_llama()
+    args = training_args(tmp_path, num_train_epochs=2, save_strategy="steps", save_steps=3, **kw)
+    trainer = TunelabTrainer(model=model, args=args, data_collator=CausalLMCollator(PAD), train_dataset=examples)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, model
+
+
+def test_trainer_uses_buckets_and_resume_replays_the_same_batches(tmp_path):
+    examples = make_examples(20, seed=6)
+    trainer, full = _train(tmp_path / "a", examples)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthBucketSampler) and sampler.batch_size == 4 and sampler.seed == 7
+    # 5 steps/epoch, checkpoints every 3: resuming from step 6 (epoch 2, mid-epoch) must land on the same weights.
+    _, resumed = _train(tmp_path / "a", examples, resume=str(tmp_path / "a" / "checkpoint-6"))
+    for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    eval_loss = TunelabTrainer(model=full, args=training_args(tmp_path / "b"), data_collator=CausalLMCollator(PAD),
+                               eval_dataset=examples).evaluate()["eval_loss"]
+    assert 0 < eval_loss < 4.57  # trained below the uniform-guess loss ln(97)
+
+
+def test_classification_examples_are_bucketed_and_use_the_head_loss(tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=PAD, num_labels=3))
+    examples = [{"input_ids": e["input_ids"], "labels": i % 3} for i, e in enumerate(make_examples(12))]
+
+    def collate(batch):
+        n = max(len(e["input_ids"]) for e in batch)
+        ids = torch.tensor([e["input_ids"] + [PAD] * (n - len(e["input_ids"])) for e in batch])
+        return {"input_ids": ids, "attention_mask": (ids != PAD).long(), "labels": torch.tensor([e["labels"] for e in batch])}
+
+    trainer = TunelabTrainer(model=model, args=training_args(tmp_path, max_steps=2), data_collator=collate,
+                             train_dataset=examples)
+    assert isinstance(trainer._get_train_sampler(), LengthBucketSampler)
+    assert not trainer._use_selective_logits(model, collate(examples[:4]))
+    assert trainer.train().training_loss > 0
+
+
+@pytest.mark.e2e
+def test_selective_logits_on_real_smollm2(smollm_tokenizer):
+    from tunelab.config import ModelConfig
+    from tunelab.models.hardware import detect_hardware
+    from tunelab.models.loading import load_model
+    from tunelab.tasks.formatting import render_conversation, tokenize_rendered
+
+    cfg = ModelConfig(name_or_path="smollm2-135m-instruct", dtype="float32", device="cpu")
+    model = load_model(cfg, "causal_lm", detect_hardware(cfg), tokenizer=smollm_tokenizer)
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+             for q, a in [("What is 2+2?", "4."), ("Name a colour.", "Blue is a colour I like a lot.")]]
+    examples = [tokenize_rendered(render_conversation(c, smollm_tokenizer), smollm_tokenizer, 128) for c in convs]
+    batch = CausalLMCollator(smollm_tokenizer.pad_token_id)(examples)
+    with torch.no_grad():
+        ref = model(**batch).loss
+        keep = supervised_positions(batch["labels"])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    torch.testing.assert_close(causal_lm_loss(logits, batch["labels"], keep=keep), ref, rtol=2e-4, atol=2e-4)
