@@ -155,7 +155,7 @@ def main() -> None:
     p.add_argument("--lr-banking", type=float, default=1e-3)
     p.add_argument("--epochs-hh", type=float, default=1.0)
     p.add_argument("--lr-hh", type=float, default=5e-5)
-    p.add_argument("--max-length-hh", type=int, default=192)
+    p.add_argument("--max-length-hh", type=int, default=128)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "classify_preference.json")
     a = p.parse_args()
     from tunelab.io import atomic_write_json

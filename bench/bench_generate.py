@@ -15,6 +15,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_speed import DATA  # noqa: E402
@@ -37,6 +38,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--same-threads-baseline", action="store_true",
+                   help="also time the baseline with the thread count tunelab picked")
     args = p.parse_args()
 
     import torch
@@ -53,20 +56,29 @@ def main() -> None:
     prompts = load_prompts(args.prompts, tokenizer)
     gen_cfg = GenerationConfig(max_new_tokens=args.new_tokens, do_sample=False, repetition_penalty=1.0,
                                batch_size=args.batch_size)
-    engine = GenerationEngine(model, tokenizer, gen_cfg)
-    kwargs = engine._generate_kwargs()
-    stops = kwargs["eos_token_id"] + [tokenizer.pad_token_id]
+    stop_ids = GenerationEngine._stop_ids(SimpleNamespace(tokenizer=tokenizer, model=model))
+    kwargs = dict(max_new_tokens=args.new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids)
+    stops = stop_ids + [tokenizer.pad_token_id]
 
-    # Baseline: what a user writes first — one prompt at a time, plain generate, fp32.
-    singles, single_tokens = [], 0
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for prompt in prompts:
-            enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(hardware.device)
-            new = model.generate(**enc, **kwargs)[0, enc["input_ids"].shape[1]:]
-            single_tokens += _count_until_stop(new, stops)
-            singles.append(tokenizer.decode(new, skip_special_tokens=True).strip())
-    single_s = time.perf_counter() - start
+    def one_at_a_time():
+        """What a user writes first: one prompt at a time, plain generate, fp32."""
+        texts, tokens = [], 0
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for prompt in prompts:
+                enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(hardware.device)
+                new = model.generate(**enc, **kwargs)[0, enc["input_ids"].shape[1]:]
+                tokens += _count_until_stop(new, stops)
+                texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+        return texts, tokens, time.perf_counter() - start
+
+    default_threads = torch.get_num_threads()
+    singles, single_tokens, single_s = one_at_a_time()
+    engine = GenerationEngine(model, tokenizer, gen_cfg)  # on CPU this calibrates the thread count
+    if args.same_threads_baseline and torch.get_num_threads() != default_threads:
+        _, t2, s2 = one_at_a_time()
+        print(f"(one at a time with tunelab's {torch.get_num_threads()} thread(s): {t2 / s2:.1f} tok/s)")
 
     start = time.perf_counter()
     batched = engine.generate(prompts)
@@ -76,8 +88,8 @@ def main() -> None:
     same = sum(a == b for a, b in zip(singles, batched))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"{hardware.describe()}; {len(prompts)} prompts x <= {args.new_tokens} new tokens, greedy")
-    print(f"{'one at a time, fp32 generate':40s} {single_tokens / single_s:8.1f} tok/s  ({single_tokens} tokens, {single_s:.1f}s)")
-    print(f"{'tunelab GenerationEngine (batched)':40s} {batched_tokens / batched_s:8.1f} tok/s  ({batched_tokens} tokens, {batched_s:.1f}s)")
+    print(f"{f'one at a time, fp32 generate ({default_threads} thr)':40s} {single_tokens / single_s:8.1f} tok/s  ({single_tokens} tokens, {single_s:.1f}s)")
+    print(f"{f'tunelab GenerationEngine ({torch.get_num_threads()} thr)':40s} {batched_tokens / batched_s:8.1f} tok/s  ({batched_tokens} tokens, {batched_s:.1f}s)")
     print(f"speed-up: {(batched_tokens / batched_s) / (single_tokens / single_s):.2f}x; "
           f"identical completions: {same}/{len(prompts)}; peak RSS {rss:.2f} GB")
 

@@ -159,13 +159,13 @@ def test_smollm2_lora_classifier_saves_reloads_predicts_identically(tmp_path):
     from tunelab.cli.main import app
     from tunelab.training.recipe import train
 
-    train_csv, test_csv = _banking_sample(tmp_path, 120, 24)
+    train_csv, test_csv = _banking_sample(tmp_path, 80, 16)
     config = build_config({
         "task": {"name": "classify", "template": "instruction", "instruction": "Which banking intent is this?"},
         "model": {"name_or_path": "smollm2-135m-instruct"},
         "data": {"train_path": str(train_csv), "eval_fraction": 0.0, "columns": {"label": "category"}},
         "lora": {"enabled": True, "r": 8, "alpha": 16},
-        "train": {"preset": "fast", "max_steps": 4, "learning_rate": 1e-3, "batch_size": 8, "max_length": 64,
+        "train": {"preset": "fast", "max_steps": 2, "learning_rate": 1e-3, "batch_size": 4, "max_length": 64,
                   "output_dir": str(tmp_path / "run"), "logging_steps": 2, "estimate_steps": 0},
     })
     result = train(config)

@@ -143,15 +143,15 @@ def test_preference_hh_rlhf_trains_and_writes_valid_submission(tmp_path):
     from tunelab.training.recipe import train
 
     rows = pd.read_json(HH, lines=True)
-    rows.iloc[:400].to_json(tmp_path / "train.jsonl", orient="records", lines=True)
-    test = rows.iloc[2000:2080]
+    rows.iloc[:260].to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    test = rows.iloc[2000:2040]
     test.to_json(tmp_path / "test.jsonl", orient="records", lines=True)
     config = build_config({
         "task": {"name": "preference"},
         "model": {"name_or_path": "all-minilm-l6-v2"},
         "data": {"train_path": str(tmp_path / "train.jsonl"), "eval_fraction": 0.15, "stratify_by": "label"},
         "lora": {"enabled": False},
-        "train": {"preset": "fast", "epochs": 1, "learning_rate": 5e-5, "batch_size": 16, "max_length": 128,
+        "train": {"preset": "fast", "epochs": 1, "learning_rate": 5e-5, "batch_size": 16, "max_length": 96,
                   "output_dir": str(tmp_path / "run"), "logging_steps": 10, "estimate_steps": 0},
     })
     result = train(config)

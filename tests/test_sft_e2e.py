@@ -14,15 +14,15 @@ pytestmark = pytest.mark.e2e
 
 def small_config(tmp_path, **train):
     data = pd.read_csv(resource_path("qa_en_instructions.csv"))
-    data = data[data["answer"].str.len() < 300].head(72)
+    data = data[data["answer"].str.len() < 200].head(60)
     path = tmp_path / "qa.csv"
     data.to_csv(path, index=False)
     return build_config({
         "task": "sft",
         "model": {"name_or_path": "smollm2-135m-instruct"},
-        "data": {"train_path": str(path), "eval_fraction": 0.2, "stratify_by": None},
+        "data": {"train_path": str(path), "eval_fraction": 0.15, "stratify_by": None},
         "lora": {"r": 8, "alpha": 16},
-        "train": {"preset": "fast", "max_steps": 12, "batch_size": 4, "learning_rate": 1e-3, "max_length": 160,
+        "train": {"preset": "fast", "max_steps": 10, "batch_size": 4, "learning_rate": 1e-3, "max_length": 128,
                   "logging_steps": 2, "output_dir": str(tmp_path / "run"), **train},
         "generation": {"max_new_tokens": 16},
     })
@@ -31,7 +31,10 @@ def small_config(tmp_path, **train):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sft")
-    return tunelab.train(small_config(tmp), echo=lambda s: None), tmp
+    lines = []
+    result = tunelab.train(small_config(tmp), echo=lines.append)
+    assert any(line.startswith("estimated training time:") for line in lines), lines  # measured from real steps
+    return result, tmp
 
 
 def test_eval_loss_goes_down_and_run_dir_is_complete(trained):
@@ -48,7 +51,8 @@ def test_eval_loss_goes_down_and_run_dir_is_complete(trained):
     assert any("eval_loss" in r for r in history)
     assert (run / "plots/loss.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((run / "data_report.json").read_text())[0]
-    assert report["rows_read"] == 72 and report["rows_used"] == 58
+    assert report["rows_read"] == 60 and report["rows_used"] == 51
+    assert all(r["peak_rss_gb"] > 0.2 for r in history)  # memory monitoring in every row
 
 
 def test_load_and_generate_from_the_run(trained, cli, tmp_path):
@@ -65,6 +69,15 @@ def test_load_and_generate_from_the_run(trained, cli, tmp_path):
     assert "Write a haiku about rain." in rows[0]["prompt"]
     code, output, _ = cli("generate", result.run_dir, "--data", questions, "--output", out)
     assert code == 2 and "exists" in output  # never overwrites silently
+
+
+def test_test_mode_answers_held_out_questions(trained, cli):
+    result, _ = trained
+    code, output, _ = cli("test", result.run_dir, "--max-new-tokens", 8)
+    assert code == 0, output
+    saved = json.loads((result.run_dir / "test_answers.json").read_text())
+    assert saved["tokens_per_second"] > 0 and len(saved["answers"]) >= 3
+    assert all(a["answer"].strip() for a in saved["answers"])
 
 
 def test_chat_streams_and_resets(trained, cli):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tunelab.training.collators import CausalLMCollator
-from tunelab.training.speed import LengthBucketSampler, causal_lm_loss, supervised_positions
+from tunelab.training.speed import LengthBucketSampler, causal_lm_loss, split_by_token_budget, supervised_positions
 from tunelab.training.trainer import TunelabTrainer
 
 PAD = 0
@@ -135,6 +135,35 @@ def test_custom_loss_or_metrics_take_the_plain_path(tmp_path):
     assert not plain._use_selective_logits(model.eval(), batch)  # eval that returns logits: full logits
     plain._loss_only_prediction = True
     assert plain._use_selective_logits(model.eval(), batch)
+
+
+def test_split_by_token_budget_keeps_every_row_once_and_trims_padding():
+    batch = CausalLMCollator(PAD)(make_examples(7, seed=8))
+    chunks = split_by_token_budget(batch, budget=60)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    seen = sorted(c["attention_mask"].sum(1).tolist() for c in chunks)
+    assert sorted(x for c in seen for x in c) == sorted(lengths)
+    for c in chunks:
+        assert c["input_ids"].shape == c["labels"].shape == c["attention_mask"].shape
+        assert c["input_ids"].shape[1] == c["attention_mask"].sum(1).max()  # no all-padding columns
+        assert c["input_ids"].numel() <= 60 or c["input_ids"].shape[0] == 1
+
+
+def test_micro_batched_training_step_gives_the_same_gradients(tmp_path):
+    examples = make_examples(8, seed=9)
+    batch = CausalLMCollator(PAD)(examples)
+    n = batch["labels"][:, 1:].ne(-100).sum()
+    grads, losses = [], []
+    for budget in (None, 50):
+        model = tiny_llama()
+        trainer = TunelabTrainer(model=model, args=training_args(tmp_path), data_collator=CausalLMCollator(PAD),
+                                 train_dataset=examples, token_budget=budget)
+        assert (trainer._micro_batches(model, batch, n) is not None) is (budget is not None)
+        losses.append(trainer.training_step(model, dict(batch), num_items_in_batch=n))
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 # -- Trainer integration --------------------------------------------------------------------

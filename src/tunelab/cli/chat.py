@@ -82,3 +82,45 @@ def generate(
     predictions = run.predict(frame)
     run.task.write_predictions(predictions, output)
     console.print(f"wrote {len(predictions)} answers to {output}")
+
+
+@app.command("test")
+@user_errors
+def test_run(
+    run_dir: str = typer.Argument(..., help="A run directory."),
+    per_category: int = typer.Option(2, help="Held-out questions per category."),
+    max_new_tokens: int = typer.Option(96),
+    device: Optional[str] = typer.Option(None),
+):
+    """Test mode: answer held-out questions per category (the run's own eval split) and report tokens/s."""
+    from rich.table import Table
+
+    from tunelab.api import load
+    from tunelab.data.pipeline import load_splits
+    from tunelab.inference.engine import GenerationEngine
+    from tunelab.io import atomic_write_json
+
+    run = load(run_dir, device=device)
+    held_out = load_splits(run.config, run.task).eval
+    if held_out.empty:
+        from tunelab.errors import UserError
+
+        raise UserError(f"{run_dir}: the run has no held-out rows (data.eval_fraction was 0 and no eval_path)")
+    by = "category" if "category" in held_out.columns else None
+    sample = held_out.groupby(by, sort=True).head(per_category) if by else held_out.head(per_category * 3)
+    engine = GenerationEngine(run.model, run.tokenizer, run.config.generation.model_copy(update={"max_new_tokens": max_new_tokens}))
+    prompts = [run.task.generation_prompt(row, run.tokenizer) for _, row in sample.iterrows()]
+    answers = engine.generate(prompts)
+    table = Table(show_lines=True, title=f"{run_dir}: {len(answers)} held-out questions")
+    for col in ("category", "question", "answer", "reference"):
+        table.add_column(col, overflow="fold")
+    rows = []
+    for (_, row), answer in zip(sample.iterrows(), answers):
+        reference = run.task.reference(row)
+        question = str(row.get("question", row.get("prompt", "")))
+        table.add_row(str(row.get("category", "")), question[:200], answer[:300], reference[:200])
+        rows.append({"category": row.get("category"), "question": question, "answer": answer, "reference": reference})
+    console.print(table)
+    stats = engine.stats
+    console.print(f"generation: {stats.new_tokens} tokens in {stats.seconds:.1f} s = {stats.tokens_per_second:.1f} tokens/s")
+    atomic_write_json(Path(run_dir) / "test_answers.json", {"tokens_per_second": stats.tokens_per_second, "answers": rows})

@@ -33,6 +33,11 @@ class GenerationEngine:
         self.config = config or GenerationConfig()
         self.stats = GenerationStats()
         self.model.eval()
+        if self.device.type == "cpu":
+            # Batched decoding multiplies small matrices; on busy/SMT vCPUs 2 threads made them 20x slower.
+            from tunelab.training.speed import calibrate_cpu_threads
+
+            calibrate_cpu_threads()
 
     def _generate_kwargs(self, **overrides) -> dict:
         c = self.config.model_copy(update={k: v for k, v in overrides.items() if v is not None})

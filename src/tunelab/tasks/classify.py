@@ -99,7 +99,8 @@ class ClassifyTask(Task):
             frame = self.processor.prepare(frame, split)
         if LABEL in frame.columns:
             frame = frame.copy()
-            frame[LABEL] = frame[LABEL].map(lambda v: v if v is None or (isinstance(v, float) and v != v) else str(v).strip())
+            # Labels compare as stripped text (`" pets"` == `"pets"`); missing stays missing for `clean` to report.
+            frame[LABEL] = frame[LABEL].map(lambda v: None if _blank(v) else str(v).strip())
         return frame
 
     def fit(self, train: pd.DataFrame) -> None:
@@ -204,17 +205,17 @@ class ClassifyTask(Task):
         return f"map@{self.options.top_k}", True
 
     def evaluate(self, model, tokenizer, frame):
-        from tunelab.metrics.classification import classification_metrics, majority_probs
+        from tunelab.metrics.classification import classification_metrics, majority_probs, map_at_k
 
         if frame.empty or LABEL not in frame.columns:
             return {}
         ids, known = self.label_ids(frame)
         probs = self.predict_proba(model, tokenizer, frame)[known]
         metrics = classification_metrics(ids[known], probs, self.options.top_k)
-        if self.label_counts:
+        if self.label_counts:  # the class-prior guess, for contrast
             counts = np.array([self.label_counts.get(c, 0) for c in self.classes])
             prior = majority_probs(np.repeat(np.arange(len(self.classes)), counts), len(self.classes), int(known.sum()))
-            metrics[f"baseline_map@{self.options.top_k}"] = classification_metrics(ids[known], prior, self.options.top_k)[f"map@{self.options.top_k}"]
+            metrics[f"baseline_map@{self.options.top_k}"] = map_at_k(ids[known], prior, self.options.top_k)
         if not known.all():
             metrics["eval_rows_unknown_label"] = int((~known).sum())
         return metrics

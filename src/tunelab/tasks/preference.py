@@ -219,7 +219,8 @@ class PreferenceTask(Task):
         self._check_inputs(frame)
         start, sep = self._specials(tokenizer)
         budget = max_length - len(start) - 3
-        tok = lambda col: tokenizer(frame[col].astype(str).tolist(), add_special_tokens=False)["input_ids"]
+        # Parts are truncated below, so the tokenizer's "longer than model_max_length" warning is noise here.
+        tok = lambda col: tokenizer(frame[col].astype(str).tolist(), add_special_tokens=False, verbose=False)["input_ids"]
         prompts, answers_a, answers_b = tok("prompt"), tok("response_a"), tok("response_b")
         rows = []
         for p, a, b in zip(prompts, answers_a, answers_b):

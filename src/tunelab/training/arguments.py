@@ -44,7 +44,6 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
         bf16=hardware.dtype == torch.bfloat16,
         fp16=hardware.dtype == torch.float16,
         use_cpu=hardware.device == "cpu",
-        gradient_checkpointing=False,  # enabled on the model by the recipe (before PEFT wraps it)
         neftune_noise_alpha=t.neftune_alpha,
         use_liger_kernel=t.use_liger_kernel,
         logging_steps=t.logging_steps,

@@ -24,6 +24,7 @@ class HistoryCallback(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": round(time.time(), 3)}
         record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
+        record.update(memory_snapshot())
         append_jsonl(self.run.history, record)
 
 
@@ -49,6 +50,18 @@ class TimeEstimateCallback(TrainerCallback):
             per_step = (time.perf_counter() - self._start) / done
             remaining = max(state.max_steps - state.global_step, 0)
             self.report(per_step, remaining)
+
+
+def memory_snapshot() -> dict:
+    """Peak process RSS (and CUDA peak allocation) so far, in GB: memory monitoring in every history row."""
+    import resource
+
+    import torch
+
+    snap = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)}
+    if torch.cuda.is_available():
+        snap["cuda_peak_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
+    return snap
 
 
 def _json_line(record: dict) -> str:

@@ -13,19 +13,33 @@ takes transformers' plain path.
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 
 import torch
 from transformers import Trainer
 
-from tunelab.training.speed import LengthBucketSampler, causal_lm_loss, example_lengths, supervised_positions
+from tunelab.training.speed import (
+    LengthBucketSampler, calibrate_cpu_threads, causal_lm_loss, example_lengths, split_by_token_budget,
+    supervised_positions,
+)
+
+# Padded tokens per forward/backward pass; bigger batches run as exact micro-batches, capping memory.
+# CPU: fp32 activations cost ~3.9 MB/token for SmolLM2-135M, so 1024 keeps a LoRA run near 4-5 GB.
+DEFAULT_TOKEN_BUDGET = {"cpu": 1024, "cuda": 16384}
 
 
 class TunelabTrainer(Trainer):
-    def __init__(self, *args, length_bucketing: bool = True, selective_logits: bool = True, **kwargs):
+    def __init__(self, *args, length_bucketing: bool = True, selective_logits: bool = True,
+                 token_budget: int | str | None = "auto", **kwargs):
         self.length_bucketing = length_bucketing
         self.selective_logits = selective_logits
+        self.token_budget = token_budget
         self._loss_only_prediction = False
         super().__init__(*args, **kwargs)
+        if self.token_budget == "auto":
+            self.token_budget = DEFAULT_TOKEN_BUDGET.get(self.args.device.type)
+        if self.args.device.type == "cpu":
+            calibrate_cpu_threads()
         self._model_keeps_logits = _accepts_logits_to_keep(self.model)
 
     # -- batching -----------------------------------------------------------------
@@ -38,6 +52,31 @@ class TunelabTrainer(Trainer):
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
                 return LengthBucketSampler(lengths, self._train_batch_size, seed=seed)
         return super()._get_train_sampler(train_dataset)
+
+    # -- memory: micro-batches under a token budget ------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        chunks = self._micro_batches(model, inputs, num_items_in_batch)
+        if chunks is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        total = None
+        for i, chunk in enumerate(chunks):
+            # Under DDP, all-reduce once per step (after the last micro-batch), not once per micro-batch.
+            last = i == len(chunks) - 1
+            sync = nullcontext() if last or self.accelerator.num_processes == 1 else self.accelerator.no_sync(model)
+            with sync:
+                loss = super().training_step(model, chunk, num_items_in_batch)
+            total = loss if total is None else total + loss
+        return total
+
+    def _micro_batches(self, model, inputs, num_items_in_batch):
+        """Row chunks of a too-large batch, or None. Only where each chunk's loss is sum / global count,
+        so the chunk losses (and gradients) add up exactly to the whole batch's."""
+        if (not self.token_budget or num_items_in_batch is None or not self.model_accepts_loss_kwargs
+                or not self._use_selective_logits(model.train(), inputs)):
+            return None
+        if inputs["input_ids"].numel() <= self.token_budget or inputs["input_ids"].shape[0] < 2:
+            return None
+        return split_by_token_budget(inputs, self.token_budget)
 
     # -- loss -----------------------------------------------------------------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
