@@ -25,7 +25,8 @@ class ModelConfig(Section):
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     attn_implementation: str | None = None
-    """e.g. `sdpa`, `eager`, `flash_attention_2` (CUDA only)."""
+    """e.g. `sdpa`, `eager`, `flash_attention_2` (CUDA only); None = FlashAttention-2 on CUDA when
+    flash-attn is installed, else the model's default (sdpa)."""
     chat_template: str | None = None
     """A Jinja chat template, or the name of a built-in one (`gemma`, `chatml`), for models without one."""
     trust_remote_code: bool = False
@@ -87,8 +88,8 @@ class TrainConfig(Section):
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool | None = None
     neftune_alpha: float | None = None
-    use_liger_kernel: bool = False
-    """Liger fused kernels (CUDA only)."""
+    use_liger_kernel: bool | None = None
+    """Liger fused kernels (CUDA only); None = on where CUDA and the liger-kernel package are there."""
     logging_steps: int = Field(5, ge=1)
     eval_steps: int | None = Field(None, ge=1)
     """Evaluate every N steps (default: once per epoch)."""

@@ -1,6 +1,7 @@
 """Loading tokenizers and models for a head, on the detected hardware."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,13 @@ def model_class(head: str):
 
 
 def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: dict | None = None,
-               tokenizer=None, for_training: bool = True):
-    """Load `config`'s weights with the task's head, in the hardware's dtype, on its device."""
+               tokenizer=None, for_training: bool = True, frozen_base: bool = False):
+    """Load `config`'s weights with the task's head, in the hardware's dtype, on its device.
+
+    Training keeps fp32 master weights (the Trainer autocasts), except a frozen LoRA base of a causal
+    LM in bf16: it is never updated, so it is stored in bf16 (half the memory, no per-op casts) while
+    PEFT keeps the adapter weights in fp32.
+    """
     resolved = resolve_model(config.name_or_path)
     cls = model_class(head)
     if resolved.gguf_file and resolved.alias:
@@ -73,6 +79,9 @@ def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: 
 
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
     kwargs["trust_remote_code"] = config.trust_remote_code
+    if config.attn_implementation is None and hardware.is_cuda and hardware.dtype != torch.float32 \
+            and importlib.util.find_spec("flash_attn") is not None:
+        kwargs["attn_implementation"] = "flash_attention_2"
     if config.attn_implementation:
         if config.attn_implementation.startswith("flash_attention") and not hardware.is_cuda:
             raise UserError(f"model.attn_implementation={config.attn_implementation} needs a CUDA GPU; use `sdpa` here")
@@ -80,8 +89,8 @@ def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: 
     if config.load_in_4bit or config.load_in_8bit:
         kwargs["quantization_config"] = _bnb_config(config, hardware)
         kwargs["device_map"] = {"": 0}
-    # Train with fp32 master weights (the Trainer autocasts); infer directly in the compute dtype.
-    kwargs["dtype"] = torch.float32 if for_training else hardware.dtype
+    low_precision_base = frozen_base and head == "causal_lm" and hardware.dtype == torch.bfloat16
+    kwargs["dtype"] = hardware.dtype if (not for_training or low_precision_base) else torch.float32
     check_head(config, head, resolved)
     try:
         model = cls.from_pretrained(resolved.path, **kwargs)

@@ -21,6 +21,7 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
     total_steps = t.max_steps or math.ceil(steps_per_epoch * t.epochs)
     if t.use_liger_kernel and not hardware.is_cuda:
         raise UserError("train.use_liger_kernel needs a CUDA GPU; none is visible on this machine")
+    use_liger = t.use_liger_kernel if t.use_liger_kernel is not None else (hardware.is_cuda and _installed("liger_kernel"))
     # Evaluate and save on the same schedule so the best checkpoint can be kept.
     if t.eval_steps:
         strategy, every = "steps", t.eval_steps
@@ -45,7 +46,7 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
         fp16=hardware.dtype == torch.float16,
         use_cpu=hardware.device == "cpu",
         neftune_noise_alpha=t.neftune_alpha,
-        use_liger_kernel=t.use_liger_kernel,
+        use_liger_kernel=use_liger,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy=strategy if has_eval else "no",
@@ -63,3 +64,9 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -70,7 +70,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
         atomic_write_json(run.data_report, [r.to_dict() for r in splits.reports])
 
     # 4. Model: the task's head, on the detected hardware, with LoRA unless full fine-tuning.
-    model = load_model(config.model, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer)
+    model = load_model(config.model, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer,
+                       frozen_base=config.lora.enabled)
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

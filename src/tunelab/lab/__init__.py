@@ -1,0 +1,1 @@
+"""Inspection tools: token lengths, templates, model comparisons."""
