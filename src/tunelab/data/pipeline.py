@@ -59,7 +59,8 @@ def load_splits(config: RunConfig, task: Task) -> Splits:
         evaluation, eval_report = load_labelled(data.eval_path, config, task, "eval")
         reports.append(eval_report)
     else:
-        train, evaluation = train_eval_split(train, data.eval_fraction, data.seed, data.stratify_by, data.group_by)
+        stratify = data.stratify_by if data.stratify_by in train.columns else task.stratify_field
+        train, evaluation = train_eval_split(train, data.eval_fraction, data.seed, stratify, data.group_by)
     train_report.rows_used = len(train)
     return Splits(train=train, eval=evaluation, reports=reports)
 

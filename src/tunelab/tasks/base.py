@@ -45,6 +45,8 @@ class Task:
     head: ClassVar[Head] = "causal_lm"
     fields: ClassVar[Fields]
     description: ClassVar[str] = ""
+    stratify_field: ClassVar[str | None] = None
+    """Field to stratify the train/eval split by when `data.stratify_by` names no column of the data."""
 
     def __init__(self, config: RunConfig):
         self.config = config

@@ -74,6 +74,7 @@ class ClassifyTask(Task):
     head = "sequence_classification"
     fields = Fields(any_of=(("text", LABEL),), optional=("id",))
     description = "text classification (encoders or LLMs + classification head), MAP@k, Kaggle MAP submissions"
+    stratify_field = "label"
     options: ClassifyConfig
 
     def __init__(self, config):

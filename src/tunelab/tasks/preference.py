@@ -136,6 +136,7 @@ class PreferenceTask(Task):
     fields = Fields(any_of=(("prompt", "response_a", "response_b") + WINNERS, ("chosen", "rejected")),
                     optional=("id", "model_a", "model_b"))
     description = "pairwise preference (Chatbot Arena / chosen-rejected): a/b/tie probabilities, log loss"
+    stratify_field = "label"
     options: PreferenceConfig
 
     def __init__(self, config):

@@ -28,6 +28,25 @@ class HistoryCallback(TrainerCallback):
         append_jsonl(self.run.history, record)
 
 
+class ProgressCallback(TrainerCallback):
+    """One compact line per log event (replaces transformers' raw dict printer)."""
+
+    def __init__(self, echo):
+        self.echo = echo
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        shown = []
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+            if key in logs:
+                shown.append(f"{key} {logs[key]:.4g}")
+        shown += [f"{k} {v:.4f}" for k, v in logs.items() if k.startswith("eval_") and k != "eval_loss"
+                  and isinstance(v, float) and not k.endswith(("runtime", "per_second", "preparation_time"))]
+        if shown:
+            self.echo(f"step {state.global_step}/{state.max_steps}  " + "  ".join(shown))
+
+
 class TimeEstimateCallback(TrainerCallback):
     """Time the first few real optimizer steps and print the projected total before the run goes far."""
 

@@ -18,7 +18,7 @@ from tunelab.io import atomic_path, atomic_write_json
 from tunelab.models.loading import check_head
 from tunelab.models import apply_lora, detect_hardware, load_model, load_tokenizer, trainable_summary
 from tunelab.tasks import get_task
-from tunelab.training.callbacks import HistoryCallback, TimeEstimateCallback, plot_history
+from tunelab.training.callbacks import HistoryCallback, ProgressCallback, TimeEstimateCallback, plot_history
 from tunelab.training.rundir import RunDir
 
 
@@ -82,10 +82,12 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
 
     # 5. Train with the ecosystem's Trainer; our callbacks write the run dir.
     from tunelab.training.arguments import training_arguments
+    from transformers.trainer_callback import PrinterCallback
+
     from tunelab.training.trainer import TunelabTrainer
 
     args = training_arguments(config, run, hardware, task, n_train=len(train_examples), has_eval=bool(eval_examples))
-    callbacks = [HistoryCallback(run, resume_step=run.last_checkpoint_step() if resume else None),
+    callbacks = [HistoryCallback(run, resume_step=run.last_checkpoint_step() if resume else None), ProgressCallback(echo),
                  TimeEstimateCallback(config.train.estimate_steps, lambda per_step, remaining: echo(
                      f"estimated training time: {_minutes(per_step * remaining)} more "
                      f"({per_step:.2f} s/step measured over {config.train.estimate_steps} steps, {remaining} steps left)"))]
@@ -94,6 +96,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
                              train_dataset=train_examples, eval_dataset=eval_examples or None,
                              processing_class=tokenizer, compute_metrics=task.trainer_metrics(),
                              compute_loss_func=task.compute_loss, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a compact line instead
     metrics: dict = {}
     if eval_examples and not resume:
         before = trainer.evaluate(metric_key_prefix="eval_before")
