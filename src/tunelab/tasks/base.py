@@ -120,10 +120,21 @@ class Task:
         """One output row per input row."""
         raise NotImplementedError
 
+    output_formats: ClassVar[tuple[str, ...]] = ("jsonl", "csv")
+    """Formats `write_predictions` accepts; the first is the default."""
+
     def write_predictions(self, predictions: pd.DataFrame, path: Path, fmt: str | None = None) -> Path:
-        """Write predictions atomically; default JSON lines."""
+        """Write predictions atomically as JSON lines or CSV; tasks add their submission formats on top."""
+        from tunelab.errors import UserError, did_you_mean
         from tunelab.io import atomic_path
 
+        fmt = fmt or self.output_formats[0]
+        if fmt not in ("jsonl", "csv"):
+            raise UserError(f"unknown predictions format `{fmt}` for {self.name}{did_you_mean(fmt, self.output_formats)}; "
+                            f"use one of: {', '.join(self.output_formats)}")
         with atomic_path(path) as tmp:
-            predictions.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            if fmt == "csv":
+                predictions.to_csv(tmp, index=False)
+            else:
+                predictions.to_json(tmp, orient="records", lines=True, force_ascii=False)
         return Path(path)

@@ -75,6 +75,7 @@ class ClassifyTask(Task):
     fields = Fields(any_of=(("text", LABEL),), optional=("id",))
     description = "text classification (encoders or LLMs + classification head), MAP@k, Kaggle MAP submissions"
     stratify_field = "label"
+    output_formats = ("csv", "map", "jsonl")
     options: ClassifyConfig
 
     def __init__(self, config):
@@ -259,20 +260,12 @@ class ClassifyTask(Task):
         return self.predictions_frame(frame, self.predict_proba(model, tokenizer, frame))
 
     def write_predictions(self, predictions: pd.DataFrame, path: Path, fmt: str | None = None) -> Path:
-        from tunelab.io import atomic_path
         from tunelab.io.submission import write_map_submission
 
         fmt = fmt or self.options.output_format
         if fmt == "map":
             return write_map_submission(predictions["id"].tolist(), [s.split(" ") for s in predictions["top_k"]], path)
-        if fmt == "csv":
-            with atomic_path(path) as tmp:
-                predictions.to_csv(tmp, index=False)
-            return Path(path)
-        if fmt == "jsonl":
-            return super().write_predictions(predictions, path)
-        raise UserError(f"unknown predictions format `{fmt}` for classify{did_you_mean(fmt, ['csv', 'map', 'jsonl'])}; "
-                        "use csv, map or jsonl")
+        return super().write_predictions(predictions, path, fmt)
 
 
 def _blank(value) -> bool:

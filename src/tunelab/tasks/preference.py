@@ -137,6 +137,7 @@ class PreferenceTask(Task):
                     optional=("id", "model_a", "model_b"))
     description = "pairwise preference (Chatbot Arena / chosen-rejected): a/b/tie probabilities, log loss"
     stratify_field = "label"
+    output_formats = ("arena", "csv", "jsonl")
     options: PreferenceConfig
 
     def __init__(self, config):
@@ -332,17 +333,9 @@ class PreferenceTask(Task):
         return self.predictions_frame(frame, self.predict_proba(model, tokenizer, frame))
 
     def write_predictions(self, predictions: pd.DataFrame, path: Path, fmt: str | None = None) -> Path:
-        from tunelab.io import atomic_path
         from tunelab.io.submission import write_arena_submission
 
         fmt = fmt or self.options.output_format
         if fmt == "arena":
             return write_arena_submission(predictions["id"].tolist(), predictions[list(WINNERS)].to_numpy(), path)
-        if fmt == "csv":
-            with atomic_path(path) as tmp:
-                predictions.to_csv(tmp, index=False)
-            return Path(path)
-        if fmt == "jsonl":
-            return super().write_predictions(predictions, path)
-        raise UserError(f"unknown predictions format `{fmt}` for preference{did_you_mean(fmt, ['arena', 'csv', 'jsonl'])}; "
-                        "use arena, csv or jsonl")
+        return super().write_predictions(predictions, path, fmt)
