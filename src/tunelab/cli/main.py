@@ -7,17 +7,13 @@ import warnings
 
 from tunelab.cli.app import app
 
-# One module per verb group; a module that is not there (yet) is skipped.
-COMMAND_MODULES = ("train", "chat", "data", "info", "quickstart", "predict", "eval", "lab", "serve")
+# One module per verb group; importing a module registers its commands on `app`.
+COMMAND_MODULES = ("train", "chat", "data", "info", "quickstart", "predict", "eval")
 
 
 def _register() -> None:
     for name in COMMAND_MODULES:
-        try:
-            importlib.import_module(f"tunelab.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"tunelab.cli.{name}":
-                raise
+        importlib.import_module(f"tunelab.cli.{name}")
 
 
 def main() -> None:
@@ -30,7 +26,6 @@ def main() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
-    _register()
     app()
 
 

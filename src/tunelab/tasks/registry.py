@@ -22,11 +22,7 @@ def register_task(cls: type["Task"]) -> type["Task"]:
 
 def _load_builtins() -> None:
     for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"tunelab.tasks.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"tunelab.tasks.{module}":
-                raise
+        importlib.import_module(f"tunelab.tasks.{module}")
 
 
 def get_task(name: str) -> type["Task"]:
