@@ -138,3 +138,41 @@ class Task:
             else:
                 predictions.to_json(tmp, orient="records", lines=True, force_ascii=False)
         return Path(path)
+
+
+class SequenceClassificationTask(Task):
+    """Shared head plumbing for tasks that predict one of `self.classes` per row (classify, preference).
+
+    Subclasses set `self.classes` (in `__init__`/`fit`/`load_state`) and implement `predict_proba`
+    and `predictions_frame`.
+    """
+
+    head = "sequence_classification"
+    classes: list[str]
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def collate(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def head_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": len(self.classes), "id2label": dict(enumerate(self.classes)),
+                "label2id": self.label2id, "problem_type": "single_label_classification"}
+
+    def lora_modules_to_save(self) -> list[str]:
+        # The freshly initialised head must train in full and be saved with the adapter
+        # (`classifier` in BERT-style encoders, `score` in decoder LLMs).
+        return ["classifier", "score"]
+
+    def predict_proba(self, model, tokenizer, frame: pd.DataFrame):
+        raise NotImplementedError
+
+    def predictions_frame(self, frame: pd.DataFrame, probs) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def predict(self, model, tokenizer, frame):
+        return self.predictions_frame(frame, self.predict_proba(model, tokenizer, frame))

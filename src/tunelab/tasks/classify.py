@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from tunelab.config.schema import TaskConfig
 from tunelab.errors import UserError, did_you_mean
-from tunelab.tasks.base import Fields, Task
+from tunelab.tasks.base import Fields, SequenceClassificationTask
 from tunelab.tasks.map_misconception import PROCESSORS
 from tunelab.tasks.registry import register_task
 from tunelab.tasks.templates import TemplateContext, builtin_names, check_format_string, get_template
@@ -68,10 +68,9 @@ class ClassifyConfig(TaskConfig):
 
 
 @register_task
-class ClassifyTask(Task):
+class ClassifyTask(SequenceClassificationTask):
     name = "classify"
     config_class = ClassifyConfig
-    head = "sequence_classification"
     fields = Fields(any_of=(("text", LABEL),), optional=("id",))
     description = "text classification (encoders or LLMs + classification head), MAP@k, Kaggle MAP submissions"
     stratify_field = "label"
@@ -132,10 +131,6 @@ class ClassifyTask(Task):
         if self.processor and state.get("processor") is not None:
             self.processor.load_state(state["processor"])
 
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {c: i for i, c in enumerate(self.classes)}
-
     def texts(self, frame: pd.DataFrame, tokenizer) -> list[str]:
         """The rendered model input per row."""
         if self.processor:
@@ -175,21 +170,6 @@ class ClassifyTask(Task):
             ids, known = self.label_ids(frame)
             examples = [dict(e, labels=int(i)) for e, i, k in zip(examples, ids, known) if k]
         return examples
-
-    def collate(self, tokenizer):
-        from transformers import DataCollatorWithPadding
-
-        return DataCollatorWithPadding(tokenizer)
-
-    # -- head -----------------------------------------------------------------
-    def head_kwargs(self) -> dict[str, Any]:
-        return {"num_labels": len(self.classes), "id2label": dict(enumerate(self.classes)),
-                "label2id": self.label2id, "problem_type": "single_label_classification"}
-
-    def lora_modules_to_save(self) -> list[str]:
-        # The freshly initialised head must train in full and be saved with the adapter
-        # (`classifier` in BERT-style encoders, `score` in decoder LLMs).
-        return ["classifier", "score"]
 
     # -- metrics --------------------------------------------------------------
     def trainer_metrics(self):
@@ -255,9 +235,6 @@ class ClassifyTask(Task):
             out["label"] = frame[LABEL].to_numpy()
         probs_frame = pd.DataFrame(probs, columns=[f"prob:{c}" for c in self.classes], index=frame.index)
         return pd.concat([out, probs_frame], axis=1)
-
-    def predict(self, model, tokenizer, frame):
-        return self.predictions_frame(frame, self.predict_proba(model, tokenizer, frame))
 
     def write_predictions(self, predictions: pd.DataFrame, path: Path, fmt: str | None = None) -> Path:
         from tunelab.io.submission import write_map_submission

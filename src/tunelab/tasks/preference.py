@@ -24,7 +24,7 @@ from pydantic import Field
 
 from tunelab.config.schema import TaskConfig
 from tunelab.errors import UserError, did_you_mean
-from tunelab.tasks.base import Fields, Task
+from tunelab.tasks.base import Fields, SequenceClassificationTask
 from tunelab.tasks.registry import register_task
 
 WINNERS = ("winner_model_a", "winner_model_b", "winner_tie")
@@ -129,10 +129,9 @@ def fair_allocation(prompt_len: int, a_len: int, b_len: int, budget: int, prompt
 
 
 @register_task
-class PreferenceTask(Task):
+class PreferenceTask(SequenceClassificationTask):
     name = "preference"
     config_class = PreferenceConfig
-    head = "sequence_classification"
     fields = Fields(any_of=(("prompt", "response_a", "response_b") + WINNERS, ("chosen", "rejected")),
                     optional=("id", "model_a", "model_b"))
     description = "pairwise preference (Chatbot Arena / chosen-rejected): a/b/tie probabilities, log loss"
@@ -252,19 +251,6 @@ class PreferenceTask(Task):
             examples += self.encode(swap_frame(frame), tokenizer, max_length)
         return examples
 
-    def collate(self, tokenizer):
-        from transformers import DataCollatorWithPadding
-
-        return DataCollatorWithPadding(tokenizer)
-
-    # -- head -----------------------------------------------------------------
-    def head_kwargs(self) -> dict[str, Any]:
-        return {"num_labels": len(self.classes), "id2label": dict(enumerate(self.classes)),
-                "label2id": {c: i for i, c in enumerate(self.classes)}, "problem_type": "single_label_classification"}
-
-    def lora_modules_to_save(self) -> list[str]:
-        return ["classifier", "score"]
-
     # -- metrics --------------------------------------------------------------
     def trainer_metrics(self):
         from tunelab.inference.classify_predict import logits_of
@@ -328,9 +314,6 @@ class PreferenceTask(Task):
         if LABEL in frame.columns:
             out["label"] = [WINNERS[int(y)] for y in frame[LABEL]]
         return out
-
-    def predict(self, model, tokenizer, frame):
-        return self.predictions_frame(frame, self.predict_proba(model, tokenizer, frame))
 
     def write_predictions(self, predictions: pd.DataFrame, path: Path, fmt: str | None = None) -> Path:
         from tunelab.io.submission import write_arena_submission
