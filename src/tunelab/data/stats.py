@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tunelab.data.validate import is_blank
+
 
 def describe(frame: pd.DataFrame, max_categories: int = 15) -> dict:
     out: dict = {"rows": len(frame), "columns": {}}
     for column in frame.columns:
         series = frame[column]
-        info: dict = {"empty": int(series.map(lambda v: v is None or (isinstance(v, str) and not v.strip())
-                                              or (isinstance(v, float) and v != v)).sum())}
+        info: dict = {"empty": int(series.map(is_blank).sum())}
         if series.map(lambda v: isinstance(v, str)).all():
             lengths = series.str.len()
             info.update(chars_mean=round(float(lengths.mean()), 1), chars_median=float(lengths.median()),

@@ -81,7 +81,8 @@ def _row_numbers(frame: pd.DataFrame, mask: pd.Series) -> list[int]:
     return [int(i) + 1 for i in frame.index[mask]]
 
 
-def _is_blank(value) -> bool:
+def is_blank(value) -> bool:
+    """None, NaN, a whitespace-only string or an empty list/dict: a field with nothing in it."""
     if value is None:
         return True
     if isinstance(value, float) and value != value:
@@ -95,7 +96,7 @@ def _is_blank(value) -> bool:
 
 def clean(frame: pd.DataFrame, fields: tuple[str, ...], report: DataReport, drop_duplicates: bool) -> pd.DataFrame:
     """Drop rows with an empty required field (and duplicates if asked), recording each in the report."""
-    empty = frame[list(fields)].map(_is_blank).any(axis=1)
+    empty = frame[list(fields)].map(is_blank).any(axis=1)
     report.add("empty", _row_numbers(frame, empty))
     frame = frame[~empty]
     key = frame[list(fields)].astype(str)

@@ -101,7 +101,7 @@ class ClassifyTask(SequenceClassificationTask):
         if LABEL in frame.columns:
             frame = frame.copy()
             # Labels compare as stripped text (`" pets"` == `"pets"`); missing stays missing for `clean` to report.
-            frame[LABEL] = frame[LABEL].map(lambda v: None if _blank(v) else str(v).strip())
+            frame[LABEL] = frame[LABEL].map(lambda v: None if _missing(v) else str(v).strip())
         return frame
 
     def fit(self, train: pd.DataFrame) -> None:
@@ -141,7 +141,7 @@ class ClassifyTask(SequenceClassificationTask):
                             f"columns are: {', '.join(map(str, frame.columns))}")
         texts = []
         for record in frame.to_dict("records"):
-            values = {str(k): "" if _blank(v) else str(v) for k, v in record.items()}
+            values = {str(k): "" if _missing(v) else str(v) for k, v in record.items()}
             texts.append(self.template(values, self.context, tokenizer))
         return texts
 
@@ -245,7 +245,8 @@ class ClassifyTask(SequenceClassificationTask):
         return super().write_predictions(predictions, path, fmt)
 
 
-def _blank(value) -> bool:
+def _missing(value) -> bool:
+    """None or NaN (an empty string is a value here: the template renders it as-is)."""
     return value is None or (isinstance(value, float) and value != value)
 
 

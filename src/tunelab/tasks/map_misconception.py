@@ -13,15 +13,12 @@ from typing import Any
 
 import pandas as pd
 
+from tunelab.data.validate import is_blank
 from tunelab.errors import UserError
 
 CORRECTNESS_FIELD = "AnswerCorrectness"
 _PHRASES = {True: "The student's answer is correct.", False: "The student's answer is incorrect.",
             None: "Whether the student's answer is correct is unknown."}
-
-
-def _blank(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip())
 
 
 class MapMisconceptionProcessor:
@@ -40,8 +37,8 @@ class MapMisconceptionProcessor:
             return frame
         frame = frame.copy()
         misconception = frame["Misconception"] if "Misconception" in frame.columns else pd.Series("NA", index=frame.index)
-        category = frame["Category"].map(lambda v: "" if _blank(v) else str(v).strip())
-        misconception = misconception.map(lambda v: "NA" if _blank(v) else str(v).strip())
+        category = frame["Category"].map(lambda v: "" if is_blank(v) else str(v).strip())
+        misconception = misconception.map(lambda v: "NA" if is_blank(v) else str(v).strip())
         frame["label"] = [f"{c}:{m}" if c else None for c, m in zip(category, misconception)]
         return frame
 

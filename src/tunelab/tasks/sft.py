@@ -15,6 +15,7 @@ import pandas as pd
 from pydantic import Field
 
 from tunelab.config.schema import TaskConfig
+from tunelab.data.validate import is_blank
 from tunelab.errors import UserError
 from tunelab.tasks.base import Fields, Task
 from tunelab.tasks.formatting import (
@@ -54,9 +55,9 @@ class SFTTask(Task):
 
     def conversation(self, row: pd.Series) -> list[dict]:
         """The full conversation for a row, ending with the assistant's answer."""
-        if "messages" in row and not _blank(row["messages"]):
+        if "messages" in row and not is_blank(row["messages"]):
             messages = _parse_messages(row["messages"], row.name)
-        elif "question" in row and not _blank(row.get("question")):
+        elif "question" in row and not is_blank(row.get("question")):
             messages = [{"role": "user", "content": str(row["question"])},
                         {"role": "assistant", "content": str(row.get("answer", ""))}]
         else:
@@ -68,7 +69,7 @@ class SFTTask(Task):
         return messages
 
     def prompt_completion(self, row: pd.Series) -> tuple[str, str]:
-        if "prompt" in row and not _blank(row.get("prompt")):
+        if "prompt" in row and not is_blank(row.get("prompt")):
             return str(row["prompt"]), str(row.get("completion", ""))
         messages = self.conversation(row)
         question = "\n".join(m["content"] for m in messages if m["role"] == "user")
@@ -124,9 +125,6 @@ class SFTTask(Task):
     def fields_present(self, frame: pd.DataFrame) -> bool:
         return any(all(f in frame.columns for f in group) for group in self.fields.any_of)
 
-
-def _blank(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip())
 
 
 def _extra(row: pd.Series) -> dict:

@@ -30,7 +30,8 @@ from tunelab.errors import UserError
 from tunelab.tasks.base import Fields
 from tunelab.tasks.formatting import Rendered, render_conversation, render_prompt_completion, tokenize_rendered
 from tunelab.tasks.registry import register_task
-from tunelab.tasks.sft import SFTTask, _blank
+from tunelab.data.validate import is_blank
+from tunelab.tasks.sft import SFTTask
 
 if TYPE_CHECKING:
     from tunelab.inference.engine import GenerationStats
@@ -99,7 +100,7 @@ class SummarizeTask(SFTTask):
     def references(self, row: pd.Series) -> list[str]:
         """Every reference summary of a row: `summary` then summary1..N in numeric order."""
         numbered = sorted((int(m.group(1)), k) for k in row.index if isinstance(k, str) and (m := _NUMBERED_REFERENCE.match(k)))
-        refs = [str(row[k]).strip() for k in ["summary"] + [k for _, k in numbered] if k in row and not _blank(row[k])]
+        refs = [str(row[k]).strip() for k in ["summary"] + [k for _, k in numbered] if k in row and not is_blank(row[k])]
         if not refs:
             raise UserError(f"row {_row_number(row)}: no reference summary (`summary` or `summary1`) to learn from or score against")
         return refs
@@ -131,7 +132,7 @@ class SummarizeTask(SFTTask):
 
     def _target(self, row: pd.Series) -> str:
         # Prediction files may carry no summary at all; the prompt is still needed.
-        has_reference = any(not _blank(row.get(k)) for k in ("summary", "summary1"))
+        has_reference = any(not is_blank(row.get(k)) for k in ("summary", "summary1"))
         return self.reference(row) if has_reference else ""
 
     def render(self, row: pd.Series, tokenizer, instruction: str | None = None) -> Rendered:
