@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tunelab.training.collators import CausalLMCollator
-from tunelab.training.speed import LengthBucketSampler, causal_lm_loss, split_by_token_budget, supervised_positions
-from tunelab.training.trainer import TunelabTrainer
+from tunelab.training.speed import (
+    LengthBucketSampler, causal_lm_loss, kept_targets, linear_cross_entropy, split_by_token_budget,
+    supervised_positions,
+)
+from tunelab.training.trainer import TunelabTrainer, _verified_backbone_and_head
 
 PAD = 0
 
@@ -105,22 +109,83 @@ def test_nothing_leaks_across_examples_in_a_padded_batch():
     torch.testing.assert_close(batched, torch.cat(alone), rtol=1e-4, atol=1e-5)
 
 
-def test_trainer_fast_path_matches_plain_trainer(tmp_path):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_linear_cross_entropy_equals_linear_then_cross_entropy(with_bias):
+    g = torch.Generator().manual_seed(0)
+    hidden = (torch.randn(37, 16, generator=g) * 3).requires_grad_()  # large logits: tests the max-shift
+    weight = torch.randn(50, 16, generator=g).requires_grad_()
+    bias = torch.randn(50, generator=g).requires_grad_() if with_bias else None
+    targets = torch.randint(0, 50, (37,), generator=g)
+    params = [hidden, weight] + ([bias] if with_bias else [])
+    ref = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum") / 5
+    fused = linear_cross_entropy(hidden, weight, bias, targets, chunk_size=8) / 5  # 5 chunks, the last short
+    torch.testing.assert_close(fused, ref)
+    for a, b in zip(torch.autograd.grad(fused, params), torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # evaluation: the value alone, no gradient buffers
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, bias, targets) / 5, ref)
+
+
+def _lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+
+
+@pytest.mark.parametrize("adapter", [None, _lora], ids=["full", "lora"])
+def test_trainer_fast_paths_match_plain_trainer(tmp_path, adapter):
     examples = make_examples(8, seed=5)
     batch = CausalLMCollator(PAD)(examples)
+    n = batch["labels"][:, 1:].ne(-100).sum()
     results = []
-    for fast in (True, False):
-        model = tiny_llama()
+    for path in ("fused", "selective", "plain"):
+        model = tiny_llama() if adapter is None else adapter(tiny_llama())
         trainer = TunelabTrainer(model=model, args=training_args(tmp_path), data_collator=CausalLMCollator(PAD),
-                                 train_dataset=examples, selective_logits=fast)
-        assert trainer._use_selective_logits(model.train(), batch) is fast
-        n = batch["labels"][:, 1:].ne(-100).sum()
+                                 train_dataset=examples, selective_logits=path != "plain",
+                                 fused_head_loss=path == "fused")
+        assert trainer._use_selective_logits(model.train(), batch) is (path != "plain")
         loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
-        grads = torch.autograd.grad(loss, [p for p in model.parameters()])
-        results.append((loss.detach(), grads))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
-    for a, b in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert (trainer._fused_head(model, batch, None) is not None) is (path == "fused")
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        results.append((loss.detach(), torch.autograd.grad(loss, trainable)))
+    for loss, grads in results[:2]:
+        torch.testing.assert_close(loss, results[2][0], rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads, results[2][1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _softcapped_gemma2():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    return Gemma2ForCausalLM(Gemma2Config(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, pad_token_id=PAD, final_logit_softcapping=0.5))
+
+
+def _llama_scaling_its_logits():
+    from transformers import LlamaForCausalLM
+
+    class ScaledLlamaForCausalLM(LlamaForCausalLM):  # a model that changes logits after the head, with no config flag
+        def forward(self, input_ids=None, attention_mask=None, logits_to_keep=0, **kwargs):
+            out = super().forward(input_ids, attention_mask, logits_to_keep=logits_to_keep, **kwargs)
+            out.logits = out.logits * 2
+            return out
+
+    return ScaledLlamaForCausalLM(tiny_llama().config)
+
+
+@pytest.mark.parametrize("make", [_softcapped_gemma2, _llama_scaling_its_logits], ids=["softcap", "custom"])
+def test_a_head_whose_logits_are_transformed_is_not_fused(tmp_path, make):
+    torch.manual_seed(0)
+    model = make().train()
+    examples = make_examples(4, seed=2)
+    batch = CausalLMCollator(PAD)(examples)
+    trainer = TunelabTrainer(model=model, args=training_args(tmp_path), data_collator=CausalLMCollator(PAD),
+                             train_dataset=examples)
+    loss = trainer.compute_loss(model, dict(batch))
+    assert trainer._fused_heads[id(model)] is None  # head(hidden) is not the model's logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(loss, causal_lm_loss(logits, batch["labels"]), rtol=1e-5, atol=1e-6)
 
 
 def test_custom_loss_or_metrics_take_the_plain_path(tmp_path):
@@ -228,3 +293,11 @@ def test_selective_logits_on_real_smollm2(smollm_tokenizer):
         keep = supervised_positions(batch["labels"])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
     torch.testing.assert_close(causal_lm_loss(logits, batch["labels"], keep=keep), ref, rtol=2e-4, atol=2e-4)
+    # SmolLM2's head is a plain tied Linear: the fused head + loss is taken, with the same loss.
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    backbone, head = _verified_backbone_and_head(model, inputs, keep)
+    with torch.no_grad():
+        hidden = backbone(**inputs).last_hidden_state[keep]
+        targets = kept_targets(batch["labels"], keep)
+        fused = linear_cross_entropy(hidden, head.weight, head.bias, targets) / targets.numel()
+    torch.testing.assert_close(fused, ref, rtol=2e-4, atol=2e-4)

@@ -16,7 +16,7 @@ QUICKSTART = {
     "task": {"name": "sft", "format": "conversational"},
     "model": {"name_or_path": "smollm2-135m-instruct"},
     "data": {"eval_fraction": 0.1, "stratify_by": None, "seed": 7},
-    "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
     "train": {"preset": "fast", "epochs": 1, "learning_rate": 4e-4, "batch_size": 8, "max_length": 384,
               "logging_steps": 5},
     "generation": {"max_new_tokens": 80, "do_sample": False, "repetition_penalty": 1.1},

@@ -6,7 +6,10 @@ Two changes, both measured to pay on CPU and GPU (bench/README.md), neither chan
   resuming from a checkpoint replays the same batches;
 - for causal LMs with token labels, the LM head runs only on positions that carry a label
   (`logits_to_keep=<bool mask>`): prompt and padding tokens skip the vocab projection and
-  the full fp32 logits tensor is never built. The loss equals transformers' own.
+  the full fp32 logits tensor is never built. Where the head is a plain Linear on the backbone's last
+  hidden state (checked once against the model's own logits), head and loss run fused per chunk
+  (`speed.linear_cross_entropy`), so not even the kept rows' logits outlive their chunk.
+  The loss equals transformers' own.
 Anything else (custom `compute_loss_func`, label smoothing, Liger, metrics that need logits)
 takes transformers' plain path.
 """
@@ -18,9 +21,11 @@ from contextlib import nullcontext
 import torch
 from transformers import Trainer
 
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
 from tunelab.training.speed import (
-    LengthBucketSampler, calibrate_cpu_threads, causal_lm_loss, example_lengths, split_by_token_budget,
-    supervised_positions,
+    LengthBucketSampler, calibrate_cpu_threads, causal_lm_loss, example_lengths, kept_targets,
+    linear_cross_entropy, split_by_token_budget, supervised_positions, token_mean,
 )
 
 # Padded tokens per forward/backward pass; bigger batches run as exact micro-batches, capping memory.
@@ -30,9 +35,11 @@ DEFAULT_TOKEN_BUDGET = {"cpu": 1024, "cuda": 16384}
 
 class TunelabTrainer(Trainer):
     def __init__(self, *args, length_bucketing: bool = True, selective_logits: bool = True,
-                 token_budget: int | str | None = "auto", **kwargs):
+                 fused_head_loss: bool = True, token_budget: int | str | None = "auto", **kwargs):
         self.length_bucketing = length_bucketing
         self.selective_logits = selective_logits
+        self.fused_head_loss = fused_head_loss
+        self._fused_heads: dict[int, tuple | None] = {}
         self.token_budget = token_budget
         self._loss_only_prediction = False
         super().__init__(*args, **kwargs)
@@ -108,16 +115,38 @@ class TunelabTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         keep = supervised_positions(labels)
+        fused = self._fused_head(model, inputs, keep)
+        if fused is not None:
+            backbone, head = fused
+            targets = kept_targets(labels, keep)
+            hidden = backbone(**inputs).last_hidden_state[keep]
+            total = linear_cross_entropy(hidden, head.weight, head.bias, targets)
+            loss = self._rescale_for_devices(token_mean(total, targets.numel(), num_items_in_batch), num_items_in_batch)
+            return (loss, CausalLMOutputWithPast(loss=loss)) if return_outputs else loss
         outputs = model(**inputs, logits_to_keep=keep)
         logits = outputs.logits
         if logits.dim() == 3:  # a model that ignored the mask: score its full logits the same way
             loss = causal_lm_loss(logits, labels, num_items_in_batch=num_items_in_batch)
         else:
             loss = causal_lm_loss(logits, labels, keep=keep, num_items_in_batch=num_items_in_batch)
+        loss = self._rescale_for_devices(loss, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _rescale_for_devices(self, loss, num_items_in_batch):
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             # Same rescaling as Trainer.compute_loss: DDP averages gradients, the loss was divided by the global count.
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-        return (loss, outputs) if return_outputs else loss
+        return loss
+
+    def _fused_head(self, model, inputs, keep):
+        """(backbone, lm_head) when head + loss may run fused for this model, else None. Decided once per model:
+        the model must be unwrapped (DDP/FSDP/DeepSpeed hooks live in the wrapper's forward), its head a plain
+        Linear, and head(backbone(x)) must equal the model's own logits (no softcapping or logit scaling)."""
+        if not self.fused_head_loss or self.accelerator.unwrap_model(model) is not model:
+            return None
+        if id(model) not in self._fused_heads:
+            self._fused_heads[id(model)] = _verified_backbone_and_head(model, inputs, keep)
+        return self._fused_heads[id(model)]
 
     # -- evaluation -------------------------------------------------------------------
     def evaluate(self, *args, **kwargs):
@@ -147,3 +176,36 @@ def _accepts_logits_to_keep(model) -> bool:
         return "logits_to_keep" in inspect.signature(inner.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+# Config fields by which some architectures change logits after the head (Gemma 2/3, Cohere, Granite).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _verified_backbone_and_head(model, inputs, keep):
+    """(backbone, head) if the causal LM's logits are exactly `head(backbone(...).last_hidden_state)`, else None."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+    if type(head) is not torch.nn.Linear or not isinstance(backbone, torch.nn.Module) or backbone is inner:
+        return None
+    config = getattr(inner, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None  # the check below would catch these too, unless logits happen to be small
+    rows = keep.any(1).nonzero().flatten()[:2]  # two rows with labels are enough to compare
+    if rows.numel() == 0:
+        return None
+    sample = {k: v[rows] if torch.is_tensor(v) and v.shape[:1] == keep.shape[:1] else v for k, v in inputs.items()}
+    was_training = model.training
+    model.eval()  # dropout off, so both paths see the same network
+    try:
+        with torch.no_grad():
+            expected = model(**sample, logits_to_keep=keep[rows]).logits
+            hidden = backbone(**sample).last_hidden_state[keep[rows]]
+            got = head(hidden)
+        same = expected.shape == got.shape and torch.allclose(expected.float(), got.float(), rtol=1e-3, atol=1e-3)
+    except (TypeError, ValueError, RuntimeError, AttributeError):
+        same = False
+    finally:
+        model.train(was_training)
+    return (backbone, head) if same else None
