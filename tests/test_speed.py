@@ -154,6 +154,19 @@ def test_trainer_fast_paths_match_plain_trainer(tmp_path, adapter):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_fused_head_is_decided_on_the_first_batch_with_labels(tmp_path):
+    model = tiny_llama().train()
+    examples = make_examples(4, seed=3)
+    batch = CausalLMCollator(PAD)(examples)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    trainer = TunelabTrainer(model=model, args=training_args(tmp_path), data_collator=CausalLMCollator(PAD),
+                             train_dataset=examples)
+    no_labels = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    assert trainer._fused_head(model, inputs, no_labels) is None and id(model) not in trainer._fused_heads
+    backbone, head = trainer._fused_head(model, inputs, supervised_positions(batch["labels"]))
+    assert head is model.lm_head and backbone is model.model and model.training  # train mode restored
+
+
 def _softcapped_gemma2():
     from transformers import Gemma2Config, Gemma2ForCausalLM
 

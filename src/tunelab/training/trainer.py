@@ -1,6 +1,6 @@
 """tunelab's Trainer: transformers' Trainer with the batching and loss tunelab uses by default.
 
-Two changes, both measured to pay on CPU and GPU (bench/README.md), neither changes the maths:
+Three changes, each measured to pay on CPU (bench/README.md; GPU not yet measured), none changes the maths:
 - length-bucketed batches (`speed.LengthBucketSampler`) for any dataset whose examples have
   `input_ids`, so dynamic padding wastes little compute; deterministic per (seed, epoch), so
   resuming from a checkpoint replays the same batches;
@@ -9,7 +9,9 @@ Two changes, both measured to pay on CPU and GPU (bench/README.md), neither chan
   the full fp32 logits tensor is never built. Where the head is a plain Linear on the backbone's last
   hidden state (checked once against the model's own logits), head and loss run fused per chunk
   (`speed.linear_cross_entropy`), so not even the kept rows' logits outlive their chunk.
-  The loss equals transformers' own.
+  The loss equals transformers' own;
+- batches over a padded-token budget run as exact micro-batches (`speed.split_by_token_budget`),
+  so the longest bucket does not set peak memory.
 Anything else (custom `compute_loss_func`, label smoothing, Liger, metrics that need logits)
 takes transformers' plain path.
 """
@@ -20,7 +22,6 @@ from contextlib import nullcontext
 
 import torch
 from transformers import Trainer
-
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from tunelab.training.speed import (
@@ -144,6 +145,8 @@ class TunelabTrainer(Trainer):
         Linear, and head(backbone(x)) must equal the model's own logits (no softcapping or logit scaling)."""
         if not self.fused_head_loss or self.accelerator.unwrap_model(model) is not model:
             return None
+        if id(model) not in self._fused_heads and not keep.any():
+            return None  # nothing to compare on; decide on a batch with labels
         if id(model) not in self._fused_heads:
             self._fused_heads[id(model)] = _verified_backbone_and_head(model, inputs, keep)
         return self._fused_heads[id(model)]
@@ -193,8 +196,6 @@ def _verified_backbone_and_head(model, inputs, keep):
     if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
         return None  # the check below would catch these too, unless logits happen to be small
     rows = keep.any(1).nonzero().flatten()[:2]  # two rows with labels are enough to compare
-    if rows.numel() == 0:
-        return None
     sample = {k: v[rows] if torch.is_tensor(v) and v.shape[:1] == keep.shape[:1] else v for k, v in inputs.items()}
     was_training = model.training
     model.eval()  # dropout off, so both paths see the same network
