@@ -222,7 +222,7 @@ def calibrate_cpu_threads() -> int:
 
     Measured on a shared 2-vCPU VM: 2 threads ran a 256x576 @ 576x1536 GEMM at 27 GFLOP/s, 1 thread at
     89; at 16 rows (batched decoding) 1.8 vs 39 GFLOP/s — the OpenMP barrier waits on a busy or
-    SMT-sibling vCPU. On a quiet multi-core machine more threads win, so measure (~0.1 s), never assume.
+    SMT-sibling vCPU. On a quiet multi-core machine more threads win, so measure (~0.5 s), never assume.
     `OMP_NUM_THREADS`/`TUNELAB_THREADS` set by the user win.
     """
     import os
