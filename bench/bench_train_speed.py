@@ -65,7 +65,7 @@ def eval_loss(model, examples, pad_id) -> float:
     """Token-weighted mean next-token loss, computed the plain way for every setting."""
     import torch
 
-    from tunelab.training.collators import CausalLMCollator
+    from tunelab.data.collate import CausalLMCollator
 
     model.eval()
     ordered = sorted(examples, key=lambda e: len(e["input_ids"]))
@@ -87,15 +87,16 @@ def run_setting(name: str, args) -> dict:
     from tunelab.models.hardware import detect_hardware
     from tunelab.models.loading import load_model
     from tunelab.models.peft_setup import apply_lora
-    from tunelab.training.collators import CausalLMCollator
+    from tunelab.data.collate import CausalLMCollator
     from tunelab.training.trainer import TunelabTrainer
 
     _, use_lora, kind, padding, sampling, bf16 = SETTINGS[name]
     tokenizer, train, evals = load_examples(args.train, args.eval, args.max_length)
     model_cfg = ModelConfig(name_or_path=args.model, dtype="float32")
-    hardware = detect_hardware(model_cfg)  # sets matmul precision 'medium' on CPU fp32 (a plain torch option)
-    if name == "tutorial":
-        torch.set_float32_matmul_precision("highest")
+    hardware = detect_hardware(model_cfg)
+    # As recorded in bench/README.md: matmul 'medium' (a plain torch option) for all but the tutorial. Detection
+    # no longer sets it, and TunelabTrainer keeps the process's setting unless given matmul_precision.
+    torch.set_float32_matmul_precision("highest" if name == "tutorial" else "medium")
     model = load_model(model_cfg, "causal_lm", hardware, tokenizer=tokenizer)
     if use_lora:
         # Same adapter everywhere (tunelab's default: r16, alpha 32, dropout 0, all linear layers), so the

@@ -89,7 +89,10 @@ def test_missing_data_file_and_config_file(cli, tmp_path, write):
     assert_clean_error(code, out, "config file not found")
 
 
-def test_quantization_without_cuda(cli, tmp_path, write):
+def test_quantization_without_cuda(cli, tmp_path, write, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU host
     code, out, _ = run_train(cli, tmp_path, write, "question,answer\nq,a\n", extra=("--set", "model.load_in_4bit=true"))
     assert_clean_error(code, out, "needs a CUDA GPU")
 

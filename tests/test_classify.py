@@ -143,8 +143,8 @@ def test_minilm_banking77_beats_majority_baseline(tmp_path):
                   "scheduler": "linear", "output_dir": str(tmp_path / "run"), "logging_steps": 10, "estimate_steps": 0},
     })
     m = train(config).metrics
-    assert m["baseline_map@3"] < 0.1
-    assert m["map@3"] > m["baseline_map@3"] + 0.3, m
+    assert m["prior_map@3"] < 0.1
+    assert m["map@3"] > m["prior_map@3"] + 0.3, m
     assert m["eval_map@3"] == pytest.approx(m["map@3"], abs=1e-6)  # Trainer metric == metric from real predictions
     assert 0 < m["macro_f1"] <= 1 and m["log_loss"] < m["eval_before_log_loss"]
 
@@ -252,8 +252,12 @@ def test_length_report_counts_truncation_and_draws_histogram(tmp_path):
     from tunelab.models import load_tokenizer
 
     tokenizer = load_tokenizer(ModelConfig(name_or_path="all-minilm-l6-v2"))
-    texts = ["hello"] * 8 + ["hello " * 30, "word " * 50]  # 3 tokens x8, then 32 and 52 tokens with [CLS]/[SEP]
-    report = length_report(texts, tokenizer, max_length=16, png_path=tmp_path / "h.png")
+    task = ClassifyTask(_config())
+    frame = pd.DataFrame({"text": ["hello"] * 8 + ["hello " * 30, "word " * 50]})
+    lengths = task.input_lengths(frame, tokenizer)  # 3 tokens x8, then 32 and 52 tokens with [CLS]/[SEP]
+    encoded = [len(e["input_ids"]) for e in task.encode(frame, tokenizer, max_length=512)]
+    assert lengths == encoded  # the overlong check counts what training encodes, special tokens included
+    report = length_report(lengths, max_length=16, png_path=tmp_path / "h.png")
     assert (report["rows"], report["min"], report["max"], report["p50"]) == (10, 3, 52, 3.0)
     assert report["truncated_rows"] == 2 and report["truncated_share"] == pytest.approx(0.2)
     assert "max_length=" in report["advice"]

@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 import pytest
 
@@ -40,7 +42,8 @@ def test_reads_parquet_and_gzip(tmp_path):
 @pytest.mark.parametrize("content,message", [
     (b"", "the file is empty"),
     (b"question,answer\n", "no data rows"),
-    (b"question,answer\ncaf\xe9 ok,x\n", "cannot decode line 2"),
+    (b"question,answer\ncaf\xe9 ok,x\n", "cannot decode line 2"),  # one accented letter: too little to guess from
+    (b"question,answer\n" + bytes(range(0x80, 0x100)) + b",x\n", "cannot decode line 2"),
 ])
 def test_bad_files_are_user_errors_naming_the_file(tmp_path, content, message):
     path = tmp_path / "bad.csv"
@@ -103,3 +106,41 @@ def test_grouped_split_never_splits_a_group():
     train, evaluation = train_eval_split(frame, 0.2, seed=1, group_by="qid")
     assert not set(train["qid"]) & set(evaluation["qid"])
     assert 15 <= len(evaluation) <= 25
+
+
+def test_report_counts_add_up_read_valid_train_eval():
+    report = DataReport("f.csv", rows_read=60, empty=8, duplicates=5, encoding="utf-8", encoding_confidence=1.0)
+    report.rows_valid = report.rows_used = 47  # what the pipeline sets after cleaning and filters
+    report.rows_train, report.rows_eval = 37, 10
+    assert report.lines()[0] == "f.csv (utf-8): 60 read → 47 valid → 37 train / 10 eval"
+    data = json.loads(json.dumps(report.to_dict()))
+    assert (data["rows_valid"], data["rows_train"], data["rows_eval"], data["encoding"]) == (47, 37, 10, "utf-8")
+    report.limited = 27  # data.max_rows=20
+    report.rows_train, report.rows_eval = 18, 2
+    assert report.lines()[0] == "f.csv (utf-8): 60 read → 47 valid → 20 kept (data.max_rows) → 18 train / 2 eval"
+
+
+def test_report_counts_without_split_fields_still_add_up():
+    """A pipeline that only sets rows_used still shows valid rows (read minus what was dropped)."""
+    report = DataReport("f.csv", rows_read=60, empty=8, duplicates=4, filtered_out=1, rows_used=37,
+                        encoding="cp949", encoding_confidence=0.93)
+    assert report.lines()[0] == "f.csv (cp949, guessed with confidence 0.93): 60 read → 47 valid → 37 used"
+    assert report.to_dict()["rows_valid"] == 47
+    eval_file = DataReport("e.csv", rows_read=12, empty=2, rows_valid=10, rows_eval=10)
+    assert eval_file.lines()[0] == "e.csv: 12 read → 10 valid → 10 eval"
+
+
+def test_grouped_split_with_a_dominant_group_keeps_train_and_eval_nonempty():
+    from tunelab.data.split import train_eval_split
+
+    # One question holds 90% of the rows: it must not become the whole eval side (or leave train empty).
+    frame = pd.DataFrame({"q": ["big"] * 90 + [f"small{i}" for i in range(10)], "x": range(100)})
+    for seed in range(10):
+        train, evaluation = train_eval_split(frame, 0.1, seed, group_by="q")
+        assert len(train) >= 90 and 1 <= len(evaluation) <= 15, (seed, len(evaluation))
+        assert not set(train["q"]) & set(evaluation["q"])
+    two = pd.DataFrame({"q": ["a"] * 95 + ["b"] * 5, "x": range(100)})
+    train, evaluation = train_eval_split(two, 0.1, 0, group_by="q")
+    assert set(evaluation["q"]) == {"b"} and set(train["q"]) == {"a"}
+    with pytest.raises(UserError, match="group_by"):
+        train_eval_split(pd.DataFrame({"q": ["a"] * 5, "x": range(5)}), 0.2, 0, group_by="q")

@@ -5,7 +5,7 @@ import torch
 from tunelab.config import build_config
 from tunelab.tasks import get_task
 from tunelab.tasks.formatting import IGNORE_INDEX
-from tunelab.training.collators import CausalLMCollator
+from tunelab.data.collate import CausalLMCollator
 
 
 def trained_text(example, tokenizer):

@@ -6,15 +6,16 @@ batch, and a deterministic, resumable, complete batch order.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tunelab.training.collators import CausalLMCollator
-from tunelab.training.speed import (
-    LengthBucketSampler, causal_lm_loss, kept_targets, linear_cross_entropy, split_by_token_budget,
-    supervised_positions,
-)
+from tunelab.data.collate import CausalLMCollator
+from tunelab.training.losses import causal_lm_loss, kept_targets, linear_cross_entropy, supervised_positions
+from tunelab.training.microbatch import split_by_token_budget
+from tunelab.training.sampler import LengthBucketSampler, example_lengths
 from tunelab.training.trainer import TunelabTrainer, _verified_backbone_and_head
 
 PAD = 0
@@ -265,6 +266,87 @@ def test_trainer_uses_buckets_and_resume_replays_the_same_batches(tmp_path):
     eval_loss = TunelabTrainer(model=full, args=training_args(tmp_path / "b"), data_collator=CausalLMCollator(PAD),
                                eval_dataset=examples).evaluate()["eval_loss"]
     assert 0 < eval_loss < 4.57  # trained below the uniform-guess loss ln(97)
+
+
+@pytest.mark.parametrize("first_run_fused", [True, False], ids=["fused", "unfused"])
+def test_resume_repeats_the_fused_head_decision_of_the_checkpoint(tmp_path, monkeypatch, first_run_fused):
+    import tunelab.training.trainer as trainer_module
+
+    def decided(trainer):
+        return {choice is not None for choice in trainer._fused_heads.values()}
+
+    verify = trainer_module._verified_backbone_and_head
+    never = lambda model, inputs, keep: None  # a check that comes out "not equal" (e.g. bf16 noise)
+    examples = make_examples(12, seed=6)  # 3 steps/epoch, 2 epochs, checkpoints at steps 3 and 6
+    monkeypatch.setattr(trainer_module, "_verified_backbone_and_head", verify if first_run_fused else never)
+    first, _ = _train(tmp_path, examples)
+    assert decided(first) == {first_run_fused}
+    record = json.loads((tmp_path / "checkpoint-3" / "tunelab_trainer.json").read_text())
+    assert record == {"fused_head_loss": first_run_fused}
+    # Re-checking after the resume would now come out the other way; the checkpoint's decision must win.
+    monkeypatch.setattr(trainer_module, "_verified_backbone_and_head", never if first_run_fused else verify)
+    resumed, _ = _train(tmp_path, examples, resume=str(tmp_path / "checkpoint-3"))
+    assert decided(resumed) == {first_run_fused}
+    assert json.loads((tmp_path / "checkpoint-6" / "tunelab_trainer.json").read_text()) == record
+
+
+def _plain_trainer_in_bucket_order(**kwargs):
+    """transformers' Trainer with tunelab's batch order: the comparison is of the maths, not the shuffling."""
+    from transformers import Trainer
+
+    class PlainBucketed(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return LengthBucketSampler(example_lengths(dataset), self._train_batch_size, seed=self.args.seed)
+
+    return PlainBucketed(**kwargs)
+
+
+def test_training_with_accumulation_and_micro_batches_matches_plain_trainer(tmp_path):
+    # fp32, 3 optimizer steps of 2 accumulated batches of 4, most over the 60-token budget (run as
+    # micro-batches), fused head + loss: the weights equal plain transformers' up to float summation order
+    # (measured <1e-8 here, weights moved ~1e-2; tolerance 1e-6 abs + 1e-5 rel). SGD, because its update is linear in the
+    # gradient: Adam's first steps are ~lr * sign(grad), so a 1e-9 difference in a near-zero gradient
+    # could flip a weight by 2 * lr and the test would measure Adam, not tunelab.
+    examples = make_examples(24, seed=11)
+    args = dict(gradient_accumulation_steps=2, max_steps=3, optim="sgd", learning_rate=0.1)
+    fast_model, plain_model = tiny_llama(), tiny_llama()
+    fast = TunelabTrainer(model=fast_model, args=training_args(tmp_path / "fast", **args),
+                          data_collator=CausalLMCollator(PAD), train_dataset=examples, token_budget=60)
+    split = []
+    micro_batches = fast._micro_batches
+    fast._micro_batches = lambda *a: split.append(micro_batches(*a)) or split[-1]
+    fast.train()
+    plain = _plain_trainer_in_bucket_order(model=plain_model, args=training_args(tmp_path / "plain", **args),
+                                           data_collator=CausalLMCollator(PAD), train_dataset=examples)
+    plain.train()
+    assert fast.state.global_step == plain.state.global_step == 3
+    assert len(split) == 6 and sum(chunks is not None for chunks in split) >= 4  # most batches were split
+    assert list(fast._fused_heads.values())[0] is not None  # the fused head + loss ran
+    moved = 0.0
+    for (name, a), (_, b), (_, start) in zip(fast_model.named_parameters(), plain_model.named_parameters(),
+                                             tiny_llama().named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        moved = max(moved, float((b - start).abs().max()))
+    assert moved > 1e-3  # the weights did train: equal, not merely unchanged
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "selective"])
+def test_loss_only_evaluation_matches_plain_trainer(tmp_path, fused):
+    from transformers import Trainer
+
+    examples = make_examples(10, seed=12)  # batches of 4, 4, 2
+    fast = TunelabTrainer(model=tiny_llama(), args=training_args(tmp_path), data_collator=CausalLMCollator(PAD),
+                          eval_dataset=examples, fused_head_loss=fused)
+    used = []
+    use = fast._use_selective_logits
+    fast._use_selective_logits = lambda *a: used.append(use(*a)) or used[-1]
+    plain = Trainer(model=tiny_llama(), args=training_args(tmp_path), data_collator=CausalLMCollator(PAD),
+                    eval_dataset=examples)
+    fast_loss, plain_loss = fast.evaluate()["eval_loss"], plain.evaluate()["eval_loss"]
+    assert used and all(used)  # every eval batch took the selective-logits path
+    assert [choice is not None for choice in fast._fused_heads.values()] == ([True] if fused else [])
+    assert fast_loss == pytest.approx(plain_loss, rel=1e-6, abs=1e-6)
 
 
 def test_classification_examples_are_bucketed_and_use_the_head_loss(tmp_path):

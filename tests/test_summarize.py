@@ -120,15 +120,13 @@ def test_long_dialogue_is_cut_so_the_summary_survives(tokenizer):
     assert "### Response:" in tokenizer.decode(example["input_ids"])
 
 
-def test_metric_for_best_model_and_callbacks_follow_eval_generation_every(tokenizer):
-    frame = pd.DataFrame([row()] * 3)
+def test_metric_for_best_model_and_in_training_generation_follow_eval_generation_every(tokenizer):
     assert make_task().metric_for_best_model() == ("loss", False)
-    assert make_task().callbacks(tokenizer, frame) == []
+    assert make_task().in_training_generation() is None
     task = make_task(eval_generation_every=5, eval_generation_samples=2)
     assert task.metric_for_best_model() == ("rougeL", True)
-    [callback] = task.callbacks(tokenizer, frame)
-    assert len(callback.frame) == 2 and callback.every == 5
-    assert task.callbacks(tokenizer, frame.iloc[:0]) == []
+    assert task.in_training_generation() == (5, 2)
+    assert task.capabilities() == ("generative",)
 
 
 # -- in-training ROUGE with a tiny random model (mechanics) ---------------------------------
@@ -151,8 +149,11 @@ def test_generation_callback_adds_rouge_to_logged_metrics_and_best_checkpoint(to
                              eval_steps=4, save_strategy="steps", save_steps=4, load_best_model_at_end=True,
                              metric_for_best_model=metric, greater_is_better=greater, report_to="none", use_cpu=True,
                              logging_steps=1, disable_tqdm=True)
+    from tunelab.training.generation_eval import GenerationEvalCallback
+
+    every, rows = task.in_training_generation()
     trainer = TunelabTrainer(model=model, args=args, data_collator=task.collate(tokenizer), train_dataset=examples,
-                             eval_dataset=examples, callbacks=task.callbacks(tokenizer, frame))
+                             eval_dataset=examples, callbacks=[GenerationEvalCallback(task, tokenizer, frame.iloc[:rows], every)])
     before = trainer.evaluate(metric_key_prefix="eval_before")
     assert 0.0 <= before["eval_before_rougeL"] <= 1.0 and "eval_before_rouge2" in before
     trainer.train()
@@ -238,7 +239,9 @@ def test_finetune_smollm2_on_dialogsum_and_eval(tmp_path):
     assert m["eval_loss"] < m["eval_before_loss"]
     for key in ("rouge1", "rougeL", "rougeLsum"):  # final ROUGE on the eval rows, from real generations
         assert 0.0 < m[key] <= 1.0
-    assert m["rouge_rows"] == 4
+    assert m["generated_rows"] == 4
+    predictions = [json.loads(line) for line in (result.run_dir / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4 and all(p["prediction"].strip() and "rougeL" in p for p in predictions)
     assert 0.0 < m["eval_rougeL"] <= 1.0 and 0.0 < m["eval_before_rougeL"] <= 1.0
     history = [json.loads(line) for line in (result.run_dir / "history.jsonl").read_text().splitlines()]
     assert any("eval_rougeL" in h and h["step"] == 16 for h in history)

@@ -1,25 +1,39 @@
-"""The public Python API: train a run, load it back, predict with it.
+"""The public Python API: the one surface the CLI (and any other front end) calls.
 
     import tunelab
-    result = tunelab.train(tunelab.load_config("examples/qa_quickstart.yaml"))
+    result = tunelab.train(tunelab.load_config("examples/qa_en.yaml"))
     run = tunelab.load(result.run_dir)
     answers = run.predict("new_questions.csv")
+    metrics = run.evaluate()                      # on the run's own held-out rows
+
+Also here: `load_base` (an untrained model wrapped like a run), `held_out_rows`, `ensemble`,
+`export_bundle` and `run_test_mode` (the SPEC's test mode).
 """
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
-from tunelab.config import RunConfig, build_config, load_config
+from tunelab.config import RunConfig, build_config, load_config, save_config
 from tunelab.errors import UserError
 from tunelab.models import Hardware, detect_hardware, load_model, load_tokenizer
+from tunelab.models.loading import predict_dtype
 from tunelab.tasks import get_task
-from tunelab.tasks.base import Task
+from tunelab.tasks.base import GenerativeTask, ProbabilisticTask, Task, require_capability
+from tunelab.training.recipe import RunResult, train
 from tunelab.training.rundir import RunDir
+
+__all__ = ["train", "RunResult", "load", "load_base", "load_target", "LoadedRun", "held_out_rows", "ensemble",
+           "normalise_weights", "export_bundle", "check_submission_file", "run_test_mode", "TestReport"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,7 +43,7 @@ class LoadedRun:
     model: Any
     tokenizer: Any
     hardware: Hardware
-    run_dir: Path
+    run_dir: Path | None
 
     def read(self, data_path: str | Path) -> pd.DataFrame:
         """Read a file the way this run's task expects it (column mapping and task preparation)."""
@@ -38,34 +52,69 @@ class LoadedRun:
         return load_frame(str(data_path), self.config, self.task, "predict")
 
     def predict(self, data: str | Path | pd.DataFrame) -> pd.DataFrame:
+        """The task's predictions for every row (generated text, or class probabilities and top labels)."""
+        from tunelab.inference.predict import predict_rows
+
         frame = data if isinstance(data, pd.DataFrame) else self.read(data)
-        return self.task.predict(self.model, self.tokenizer, frame)
+        return predict_rows(self.task, self.model, self.tokenizer, frame)
+
+    def predict_proba(self, data: str | Path | pd.DataFrame):
+        """(rows, classes) probabilities, columns in `task.classes` order (probabilistic tasks)."""
+        task = require_capability(self.task, ProbabilisticTask, "predicting probabilities")
+        frame = data if isinstance(data, pd.DataFrame) else self.read(data)
+        return task.predict_proba(self.model, self.tokenizer, frame)
+
+    def evaluate(self, data: str | Path | pd.DataFrame | None = None, max_rows: int | None = None) -> dict:
+        """Task metrics from real predictions: on labelled `data`, or on the run's own held-out rows."""
+        from tunelab.inference.predict import evaluate_rows
+
+        if data is None:
+            frame = held_out_rows(self)
+        elif isinstance(data, pd.DataFrame):
+            frame = data
+        else:
+            from tunelab.data.pipeline import load_labelled
+
+            frame = load_labelled(str(data), self.config, self.task, "eval")[0]
+        return evaluate_rows(self.task, self.model, self.tokenizer, frame, max_rows=max_rows)[0]
 
 
-def load(run_dir: str | Path, device: str | None = None) -> LoadedRun:
-    """Load a finished run (or an exported bundle) for inference: config, task state, model, tokenizer."""
+def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False) -> LoadedRun:
+    """Load a finished run (or an exported bundle) for inference: config, task state, model, tokenizer.
+
+    A LoRA adapter is merged into an fp32 copy of the base, then the model is cast to the run's
+    `model.predict_dtype`. The run's own config can never turn on remote code: only `trust_remote_code`.
+    """
     run = RunDir(Path(run_dir))
     if not run.config.exists():
         raise UserError(f"{run.path} is not a tunelab run (no config.yaml)")
     if not (run.final / "config.json").exists() and not (run.final / "adapter_config.json").exists():
         raise UserError(f"{run.path} has no trained model in final/ (did training finish? `tunelab train ... --resume`)")
     config = load_config(run.config)
+    if config.model.trust_remote_code and not trust_remote_code:
+        log.warning("%s asks for trust_remote_code; ignored (pass --trust-remote-code if you trust its code)", run.config)
+    config.model.trust_remote_code = trust_remote_code
     if device:
         config.model.device = device
     task = get_task(config.task.name)(config)
     if run.task_state.exists():
         task.load_state(json.loads(run.task_state.read_text(encoding="utf-8")))
     hardware = detect_hardware(config.model)
-    tokenizer_cfg = config.model.model_copy(update={"name_or_path": str(run.final)})
-    tokenizer = load_tokenizer(tokenizer_cfg)
+    final_cfg = config.model.model_copy(update={"name_or_path": str(run.final)})
+    tokenizer = load_tokenizer(final_cfg)
+    dtype = predict_dtype(config.model, hardware)
     if (run.final / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = load_model(config.model, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer, for_training=False)
+        quantized = config.model.load_in_4bit or config.model.load_in_8bit
+        base = load_model(config.model, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer,
+                          for_training=False, dtype=None if quantized else torch.float32)
         model = PeftModel.from_pretrained(base, str(run.final))
-        model = model.merge_and_unload() if not (config.model.load_in_4bit or config.model.load_in_8bit) else model
+        if not quantized:  # merge in fp32: merging into a bf16 base rounds the update away
+            model = model.merge_and_unload().to(dtype)
     else:
-        model = load_model(tokenizer_cfg, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer, for_training=False)
+        model = load_model(final_cfg, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer,
+                           for_training=False, dtype=dtype)
     model.eval()
     return LoadedRun(config=config, task=task, model=model, tokenizer=tokenizer, hardware=hardware, run_dir=run.path)
 
@@ -78,6 +127,172 @@ def load_base(model: str, task: str = "sft", config: RunConfig | None = None, de
     task_obj = get_task(config.task.name)(config)
     hardware = detect_hardware(config.model)
     tokenizer = load_tokenizer(config.model)
-    m = load_model(config.model, task_obj.head, hardware, task_obj.head_kwargs(), tokenizer=tokenizer, for_training=False)
+    m = load_model(config.model, task_obj.head, hardware, task_obj.head_kwargs(), tokenizer=tokenizer,
+                   for_training=False, dtype=predict_dtype(config.model, hardware))
     m.eval()
-    return LoadedRun(config=config, task=task_obj, model=m, tokenizer=tokenizer, hardware=hardware, run_dir=Path("."))
+    return LoadedRun(config=config, task=task_obj, model=m, tokenizer=tokenizer, hardware=hardware, run_dir=None)
+
+
+def load_target(target: str | Path, device: str | None = None, trust_remote_code: bool = False) -> LoadedRun:
+    """A run directory (it holds config.yaml) or else a model alias/folder, untrained."""
+    if (Path(target) / "config.yaml").exists():
+        return load(target, device=device, trust_remote_code=trust_remote_code)
+    return load_base(str(target), device=device)
+
+
+def held_out_rows(run: LoadedRun | str | Path) -> pd.DataFrame:
+    """The run's held-out rows, exactly those training evaluated on (eval_rows.json), labels included."""
+    from tunelab.data.pipeline import load_frame
+
+    loaded = run if isinstance(run, LoadedRun) else None
+    run_dir = RunDir(Path(loaded.run_dir if loaded else run))
+    saved = run_dir.read_eval_rows()
+    if saved is None:
+        raise UserError(f"{run_dir.path} records no held-out rows (eval_rows.json): it was trained before tunelab "
+                        "saved its split, or with data.eval_fraction 0 and no eval_path")
+    if not saved["rows"]:
+        raise UserError(f"{run_dir.path}: the run has no held-out rows (data.eval_fraction was 0 and no eval_path)")
+    config = loaded.config if loaded else load_config(run_dir.config)
+    task = loaded.task if loaded else get_task(config.task.name)(config)
+    frame = load_frame(saved["source"], config, task, "eval")
+    positions = [r - 1 for r in saved["rows"]]
+    if max(positions) >= len(frame):
+        raise UserError(f"{saved['source']} has {len(frame)} rows but the run held out row {max(positions) + 1}: "
+                        "the file changed since training")
+    return frame.iloc[positions]
+
+
+def ensemble(run_dirs: list[str | Path], data: str | Path, weights: list[float] | None = None,
+             device: str | None = None) -> tuple[ProbabilisticTask, pd.DataFrame, Any]:
+    """Weighted average of several runs' class probabilities on `data`, aligned by class name.
+
+    Returns (first run's task, its prepared frame, averaged probabilities in that task's class order)."""
+    import gc
+
+    import numpy as np
+
+    if len(run_dirs) < 2:
+        raise UserError("an ensemble needs at least two runs")
+    weights = normalise_weights(weights, len(run_dirs))
+    first_task, first_frame, total = None, None, None
+    for run_dir, weight in zip(run_dirs, weights):
+        run = load(run_dir, device=device)
+        task = require_capability(run.task, ProbabilisticTask, f"ensembling ({run_dir})")
+        frame = run.read(data)
+        probs = task.predict_proba(run.model, run.tokenizer, frame)
+        if first_task is None:
+            first_task, first_frame, total = task, frame, np.zeros_like(probs)
+        else:
+            if task.name != first_task.name:
+                raise UserError(f"{run_dir}: task `{task.name}` differs from the first run's `{first_task.name}`")
+            if set(task.classes) != set(first_task.classes):
+                extra = sorted(set(task.classes) ^ set(first_task.classes))
+                raise UserError(f"{run_dir}: its labels differ from the first run's (e.g. `{extra[0]}`); "
+                                "ensembled runs must be trained on the same label set")
+            if len(frame) != len(first_frame):
+                raise UserError(f"{run_dir}: read {len(frame)} rows of {data}, the first run read {len(first_frame)}")
+            probs = probs[:, [task.classes.index(c) for c in first_task.classes]]
+        total += weight * probs
+        del run
+        gc.collect()
+    return first_task, first_frame, total
+
+
+def normalise_weights(weights: list[float] | None, n: int) -> list[float]:
+    """Ensemble weights summing to 1 (equal when None); a UserError for a wrong count or negative values."""
+    if not weights:
+        return [1.0 / n] * n
+    if len(weights) != n:
+        raise UserError(f"--weights has {len(weights)} values for {n} runs")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UserError("--weights must be non-negative and not all zero")
+    return [w / sum(weights) for w in weights]
+
+
+BUNDLE_README = """# tunelab offline bundle: {name}
+
+Self-contained: merged model weights and tokenizer in `final/`, the resolved
+config in `config.yaml`, what the task learned from data in `task_state.json`.
+No network is needed (set HF_HUB_OFFLINE=1 on the target machine).
+
+    tunelab predict {name} --data test.csv --output submission.csv
+
+or in Python:
+
+    import tunelab
+    run = tunelab.load("{name}")
+    predictions = run.predict("test.csv")
+
+task: {task}   base model: {model}   exported from: {source}
+"""
+
+
+def export_bundle(run_dir: str | Path, target: str | Path) -> Path:
+    """Write a folder that `tunelab.load` / `tunelab predict` can use offline: merged weights, tokenizer, config, state."""
+    from tunelab.io import atomic_path, atomic_write_text
+
+    target = Path(target)
+    run = load(run_dir)  # adapters are merged into the base weights on load
+    source = RunDir(Path(run_dir))
+    config = run.config.model_copy(deep=True)
+    config.lora.enabled = False  # the weights in final/ already include the adapter
+    with atomic_path(target, is_dir=True) as tmp:
+        bundle = RunDir(tmp)
+        run.model.save_pretrained(str(bundle.final))
+        run.tokenizer.save_pretrained(str(bundle.final))
+        save_config(config, bundle.config)
+        shutil.copyfile(source.task_state, bundle.task_state)
+        if source.metrics.exists():
+            shutil.copyfile(source.metrics, bundle.metrics)
+        atomic_write_text(tmp / "README.md", BUNDLE_README.format(
+            name=target.name, task=config.task.name, model=config.model.name_or_path, source=source.path))
+    return target
+
+
+def check_submission_file(path: str | Path, fmt: str, test: str | Path | None = None, id_column: str | None = None):
+    """Validate a submission file (columns, ids, probabilities); with `test`, every test id exactly once."""
+    from tunelab.data.readers import read_table
+    from tunelab.io.submission import FORMATS, check_submission
+
+    expected = None
+    if test is not None:
+        spec = FORMATS.get(fmt)
+        column = id_column or (spec.id_column if spec else "id")
+        frame = read_table(test)
+        if column not in frame.columns:
+            raise UserError(f"{test}: no id column `{column}` (set --id-column)")
+        expected = frame[column].tolist()
+    return check_submission(path, fmt, expected)
+
+
+@dataclass
+class TestReport:
+    answers: pd.DataFrame  # category, question, answer, reference
+    tokens_per_second: float
+    new_tokens: int
+    seconds: float
+
+
+def run_test_mode(run: LoadedRun, per_category: int = 2, max_new_tokens: int = 96) -> TestReport:
+    """Test mode: answer `per_category` held-out questions per category (the run's own eval split);
+    writes test_answers.json into the run dir."""
+    from tunelab.inference.predict import generate_rows
+    from tunelab.io import atomic_write_json
+
+    task = require_capability(run.task, GenerativeTask, "test mode")
+    held_out = held_out_rows(run)
+    sample = (held_out.groupby("category", sort=True).head(per_category) if "category" in held_out.columns
+              else held_out.head(per_category * 3))
+    generation = run.config.generation.model_copy(update={"max_new_tokens": max_new_tokens})
+    generated, stats = generate_rows(task, run.model, run.tokenizer, sample, generation)
+    answers = pd.DataFrame({
+        "category": sample["category"].astype(str).tolist() if "category" in sample.columns else [""] * len(sample),
+        "question": [str(row.get("question", row.get("prompt", row.get("dialogue", "")))) for _, row in sample.iterrows()],
+        "answer": generated["prediction"].tolist(),
+        "reference": [task.reference(row) for _, row in sample.iterrows()],
+    })
+    report = TestReport(answers, stats.tokens_per_second, stats.new_tokens, stats.seconds)
+    if run.run_dir is not None:
+        atomic_write_json(run.run_dir / "test_answers.json", {"tokens_per_second": stats.tokens_per_second,
+                                                              "answers": answers.to_dict("records")})
+    return report

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from tunelab.config.schema import GenerationConfig, RunConfig
 from tunelab.errors import UserError
 from tunelab.io import atomic_write_json
+from tunelab.tasks.base import GenerativeTask, require_capability
 
 
 @dataclass
@@ -44,19 +45,18 @@ def evaluate_generation(data: str | Path, run_dir: str | Path | None = None, *, 
     """
     loaded = _load(run_dir, model, task, config, device)
     task_obj, cfg = loaded.task, loaded.config
-    if not (hasattr(task_obj, "generate_predictions") and hasattr(task_obj, "score_predictions")):
-        raise UserError(f"task `{task_obj.name}` does not generate text; `tunelab eval` scores generation tasks "
-                        "(e.g. summarize)")
+    require_capability(task_obj, GenerativeTask, "`tunelab eval` (it scores generated text)")
     gen = _generation_config(cfg.generation, generation or {})
 
     from tunelab.data.pipeline import load_labelled
+    from tunelab.inference.predict import generate_rows
 
     frame, _ = load_labelled(str(data), cfg, task_obj, "eval")
     if max_rows:
         frame = frame.iloc[:max_rows]
     echo(f"evaluating {'run ' + str(run_dir) if run_dir else 'base model ' + cfg.model.name_or_path} on {len(frame)} rows "
          f"of {data} ({loaded.hardware.describe()})")
-    predictions, stats = task_obj.generate_predictions(loaded.model, loaded.tokenizer, frame, gen)
+    predictions, stats = generate_rows(task_obj, loaded.model, loaded.tokenizer, frame, gen)
     scores = task_obj.score_predictions(predictions)
     predictions.insert(0, "row", [int(i) + 1 for i in frame.index])
 
@@ -81,19 +81,19 @@ def evaluate_generation(data: str | Path, run_dir: str | Path | None = None, *, 
 
 
 def _load(run_dir, model, task, config, device):
-    import tunelab
+    from tunelab import api
 
     if run_dir is not None:
         if model or config:
             raise UserError("give a run directory or --model/--config (a base model), not both")
-        loaded = tunelab.load(run_dir, device=device)
+        loaded = api.load(run_dir, device=device)
         if task and task != loaded.config.task.name:
             raise UserError(f"{run_dir} is a `{loaded.config.task.name}` run, not `{task}`")
         return loaded
     if not model and not config:
         raise UserError("nothing to evaluate: give a run directory, or --model (optionally --config) for a base model")
     cfg = _base_config(model, task, config)
-    return tunelab.load_base(cfg.model.name_or_path, config=cfg, device=device)
+    return api.load_base(cfg.model.name_or_path, config=cfg, device=device)
 
 
 def _base_config(model: str | None, task: str | None, config) -> RunConfig:

@@ -10,12 +10,6 @@ import typer
 from tunelab.cli.app import app, console, user_errors
 
 
-def _load(target: str, device: Optional[str]):
-    from tunelab.api import load, load_base
-
-    return load(target, device=device) if (Path(target) / "config.yaml").exists() else load_base(target, device=device)
-
-
 @app.command()
 @user_errors
 def chat(
@@ -27,9 +21,12 @@ def chat(
     device: Optional[str] = typer.Option(None),
 ):
     """Talk to a model; tokens stream as they are generated. /reset clears the history, /exit quits."""
+    from tunelab.api import load_target
     from tunelab.inference.chat import ChatSession
+    from tunelab.tasks.base import GenerativeTask, require_capability
 
-    run = _load(target, device)
+    run = load_target(target, device)
+    require_capability(run.task, GenerativeTask, "`tunelab chat`")
     session = ChatSession(run.model, run.tokenizer, run.config.generation.model_copy(update=dict(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, do_sample=not greedy)), system=system)
     console.print(f"chatting with {target} — /reset to clear, /exit to quit")
@@ -68,11 +65,14 @@ def generate(
     device: Optional[str] = typer.Option(None),
 ):
     """Batched generation for every row of a file; writes one JSON object per row."""
+    from tunelab.api import load_target
     from tunelab.errors import UserError
+    from tunelab.tasks.base import GenerativeTask, require_capability
 
     if output.exists() and not overwrite:
         raise UserError(f"{output} exists; pass --overwrite to replace it")
-    run = _load(target, device)
+    run = load_target(target, device)
+    require_capability(run.task, GenerativeTask, "`tunelab generate`")
     updates = {k: v for k, v in dict(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
                                      temperature=temperature, top_p=top_p).items() if v is not None}
     run.config.generation = run.config.generation.model_copy(update=updates)
@@ -95,32 +95,13 @@ def test_run(
     """Test mode: answer held-out questions per category (the run's own eval split) and report tokens/s."""
     from rich.table import Table
 
-    from tunelab.api import load
-    from tunelab.data.pipeline import load_splits
-    from tunelab.inference.engine import GenerationEngine
-    from tunelab.io import atomic_write_json
+    from tunelab.api import load, run_test_mode
 
-    run = load(run_dir, device=device)
-    held_out = load_splits(run.config, run.task).eval
-    if held_out.empty:
-        from tunelab.errors import UserError
-
-        raise UserError(f"{run_dir}: the run has no held-out rows (data.eval_fraction was 0 and no eval_path)")
-    by = "category" if "category" in held_out.columns else None
-    sample = held_out.groupby(by, sort=True).head(per_category) if by else held_out.head(per_category * 3)
-    engine = GenerationEngine(run.model, run.tokenizer, run.config.generation.model_copy(update={"max_new_tokens": max_new_tokens}))
-    prompts = [run.task.generation_prompt(row, run.tokenizer) for _, row in sample.iterrows()]
-    answers = engine.generate(prompts)
-    table = Table(show_lines=True, title=f"{run_dir}: {len(answers)} held-out questions")
+    report = run_test_mode(load(run_dir, device=device), per_category=per_category, max_new_tokens=max_new_tokens)
+    table = Table(show_lines=True, title=f"{run_dir}: {len(report.answers)} held-out questions")
     for col in ("category", "question", "answer", "reference"):
         table.add_column(col, overflow="fold")
-    rows = []
-    for (_, row), answer in zip(sample.iterrows(), answers):
-        reference = run.task.reference(row)
-        question = str(row.get("question", row.get("prompt", "")))
-        table.add_row(str(row.get("category", "")), question[:200], answer[:300], reference[:200])
-        rows.append({"category": row.get("category"), "question": question, "answer": answer, "reference": reference})
+    for row in report.answers.itertuples():
+        table.add_row(row.category, row.question[:200], row.answer[:300], row.reference[:200])
     console.print(table)
-    stats = engine.stats
-    console.print(f"generation: {stats.new_tokens} tokens in {stats.seconds:.1f} s = {stats.tokens_per_second:.1f} tokens/s")
-    atomic_write_json(Path(run_dir) / "test_answers.json", {"tokens_per_second": stats.tokens_per_second, "answers": rows})
+    console.print(f"generation: {report.new_tokens} tokens in {report.seconds:.1f} s = {report.tokens_per_second:.1f} tokens/s")

@@ -37,16 +37,14 @@ def check(config: Path, data: Optional[str] = typer.Option(None, help="Override 
           set_items: Optional[list[str]] = typer.Option(None, "--set")):
     """Run the data pipeline of a config (read, map, clean, filter, split, length check) and print the report."""
     from tunelab.config import load_config, parse_set_options
-    from tunelab.data.pipeline import check_lengths, load_splits
+    from tunelab.data.pipeline import load_splits
     from tunelab.models import load_tokenizer
     from tunelab.tasks import get_task
 
     overrides = {"data.train_path": data, **parse_set_options(set_items)}
     cfg = load_config(config, overrides)
     task = get_task(cfg.task.name)(cfg)
-    splits = load_splits(cfg, task)
-    tokenizer = load_tokenizer(cfg.model)
-    check_lengths(splits.train, task, tokenizer, cfg.train.max_length, splits.reports[0], cfg.data.overlong)
+    splits = load_splits(cfg, task, load_tokenizer(cfg.model))
     for report in splits.reports:
         for line in report.lines():
             console.print(line)
@@ -69,5 +67,5 @@ def lengths(config: Path, data: Optional[str] = typer.Option(None), png: Path = 
     splits = load_splits(cfg, task)
     tokenizer = load_tokenizer(cfg.model)
     task.fit(splits.train)
-    report = length_report(task.texts_for_length(splits.train, tokenizer), tokenizer, cfg.train.max_length, png)
+    report = length_report(task.input_lengths(splits.train, tokenizer), cfg.train.max_length, png)
     console.print_json(data=report)

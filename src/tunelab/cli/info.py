@@ -33,3 +33,12 @@ def tasks():
         fields = " | ".join("+".join(g) for g in cls.fields.any_of)
         table.add_row(name, cls.head, fields, cls.description)
     console.print(table)
+
+
+@app.command()
+def env():
+    """Versions, CPU features and the detected device/dtype: paste this into a bug report."""
+    from tunelab.models.hardware import environment_lines
+
+    for line in environment_lines():
+        console.print(line, soft_wrap=True)

@@ -5,7 +5,9 @@ import importlib
 import os
 import warnings
 
-from tunelab.cli.app import app
+import typer
+
+from tunelab.cli.app import app, console
 
 # One module per verb group; importing a module registers its commands on `app`.
 COMMAND_MODULES = ("train", "chat", "data", "info", "quickstart", "predict", "eval")
@@ -14,6 +16,19 @@ COMMAND_MODULES = ("train", "chat", "data", "info", "quickstart", "predict", "ev
 def _register() -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(f"tunelab.cli.{name}")
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context, version: bool = typer.Option(False, "--version", help="Versions and hardware, then exit.")):
+    if version:
+        from tunelab.models.hardware import environment_lines
+
+        for line in environment_lines():
+            console.print(line, soft_wrap=True)
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        console.print(ctx.get_help())
+        raise typer.Exit(0)
 
 
 def main() -> None:

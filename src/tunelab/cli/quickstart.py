@@ -42,20 +42,17 @@ def quickstart(output_dir: Optional[str] = typer.Option(None, help="Run director
     """Fine-tune the embedded model on the embedded data and show before/after."""
     import pandas as pd
 
-    from tunelab.api import load, load_base
+    from tunelab.api import held_out_rows, load, load_base
     from tunelab.config import parse_set_options
-    from tunelab.data.split import train_eval_split
-    from tunelab.data.readers import read_table
+    from tunelab.data.pipeline import load_splits
     from tunelab.training.recipe import train
 
     cfg = quickstart_config(output_dir, parse_set_options(set_items))
-    # The same held-out rows the recipe will evaluate on (same split function, same seed).
-    _, held_out = train_eval_split(read_table(cfg.data.train_path), cfg.data.eval_fraction, cfg.data.seed,
-                                   cfg.data.stratify_by, cfg.data.group_by)
-    questions = held_out.sort_values("answer", key=lambda s: s.str.len()).head(samples)
-
     console.rule("before training")
     base = load_base(cfg.model.name_or_path, config=cfg)
+    # The held-out rows the recipe will evaluate on: the same pipeline (cleaning, split, length check).
+    held_out = load_splits(cfg, base.task, base.tokenizer).eval
+    questions = held_out.sort_values("answer", key=lambda s: s.str.len()).head(samples)
     before = base.predict(questions)["prediction"].tolist()
     del base
 
@@ -63,7 +60,10 @@ def quickstart(output_dir: Optional[str] = typer.Option(None, help="Run director
     result = train(cfg, echo=console.print)
 
     console.rule("after training")
-    after = load(result.run_dir).predict(questions)["prediction"].tolist()
+    trained = load(result.run_dir)
+    if not questions.index.isin(held_out_rows(trained).index).all():
+        raise AssertionError("quickstart's before/after questions are not the run's held-out rows")
+    after = trained.predict(questions)["prediction"].tolist()
 
     m = result.metrics
     console.print(f"eval loss: before {m.get('eval_before_loss', float('nan')):.4f} -> after {m.get('eval_loss', float('nan')):.4f}"

@@ -48,8 +48,8 @@ def train(
     overwrite: bool = typer.Option(False, help="Replace an existing run in --output-dir."),
 ):
     """Fine-tune a model as the config says; writes a run directory."""
+    from tunelab.api import train as run_training
     from tunelab.config import build_config, load_config
-    from tunelab.training.recipe import train as run_training
 
     overrides = collect_overrides(preset, epochs, learning_rate, batch_size, max_length, output_dir,
                                                  categories, difficulties, data, model, max_steps, set_items,

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
+from tunelab.plugins import load_task_class
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
@@ -30,6 +32,14 @@ class ModelConfig(Section):
     chat_template: str | None = None
     """A Jinja chat template, or the name of a built-in one (`gemma`, `chatml`), for models without one."""
     trust_remote_code: bool = False
+    """Run Python code shipped with a model folder. Loading a finished run or bundle never turns it on by
+    itself: only `--trust-remote-code` on the command line does (tunelab.load(..., trust_remote_code=True))."""
+    predict_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """dtype of a trained run at prediction time; `auto` is resolved when training starts and saved with the
+    run (float32 on CPU, which reproduces the reported eval metrics; the training dtype on GPUs)."""
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    """torch's float32 matmul precision while training: `highest` = true fp32; `high`/`medium` allow
+    TF32 or bf16 inside fp32 matmuls (faster on GPUs and bf16 CPUs, less precise)."""
 
     @model_validator(mode="after")
     def _one_quantization(self) -> "ModelConfig":
@@ -43,7 +53,8 @@ class DataConfig(Section):
     eval_path: str | None = None
     """Optional separate eval file; otherwise `eval_fraction` of train is held out."""
     encoding: str = "auto"
-    """`auto` detects UTF-8, UTF-8 with BOM, CP949/EUC-KR; or name one."""
+    """`auto` detects UTF-8 (with or without BOM), UTF-16, CP949/EUC-KR and CP1252/Latin-1 (others when
+    charset_normalizer is confident), and asks when unsure; or name one (cp949, cp1252, latin-1, ...)."""
     columns: dict[str, str] = Field(default_factory=dict)
     """Maps the task's field names to your file's column names, e.g. {question: Q, answer: A}."""
     categories: list[str] = Field(default_factory=list)
@@ -96,10 +107,14 @@ class TrainConfig(Section):
     eval_steps: int | None = Field(None, ge=1)
     """Evaluate every N steps (default: once per epoch)."""
     save_steps: int | None = Field(None, ge=1)
+    """Save a checkpoint every N steps (default: at each evaluation). With eval data it must be a
+    multiple of eval_steps: the best checkpoint is picked among evaluated ones."""
     save_total_limit: int = Field(2, ge=1)
     seed: int = 42
     estimate_steps: int = Field(3, ge=0)
     """Real steps timed to print the training-time estimate (0 = no estimate)."""
+    cpu_threads: int | None = Field(None, ge=1)
+    """torch CPU threads while training; None = TUNELAB_THREADS, else OMP_NUM_THREADS, else measured (~0.5 s)."""
 
 
 class GenerationConfig(Section):
@@ -128,12 +143,10 @@ class RunConfig(Section):
     @field_validator("task", mode="before")
     @classmethod
     def _task_plugin_config(cls, value: Any) -> TaskConfig:
-        from tunelab.tasks.registry import get_task
-
         if isinstance(value, str):
             value = {"name": value}
         if isinstance(value, TaskConfig):
             value = value.model_dump()
         if not isinstance(value, dict) or "name" not in value:
             raise ValueError("task needs a `name` (see `tunelab tasks`)")
-        return get_task(value["name"]).config_class.model_validate(value)
+        return load_task_class(value["name"]).config_class.model_validate(value)

@@ -1,11 +1,13 @@
-"""Data flow for a run: read -> map columns -> task.prepare -> clean -> filter -> split.
+"""Data flow for a run: read -> map columns -> task.prepare -> clean -> filter -> split -> length check.
 
-Returns frames of logical fields plus a report per file. Overlong rows are
-checked later, once the tokenizer is known (`check_lengths`).
+Returns frames of logical fields plus a report per file. The frames keep the file's row order as their
+index, so `index + 1` is the data row number a spreadsheet shows (used in reports and in the saved
+eval split). The pipeline needs only what `TaskData` describes, so data/ never imports tasks/.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import pandas as pd
 
@@ -14,7 +16,17 @@ from tunelab.data.readers import read_table
 from tunelab.data.split import train_eval_split
 from tunelab.data.validate import DataReport, apply_filters, clean, map_columns, require_fields
 from tunelab.errors import UserError
-from tunelab.tasks.base import Task
+
+
+class TaskData(Protocol):
+    """The part of a task plug-in (tasks/base.py) that the data pipeline uses."""
+
+    fields: "object"  # tasks.base.Fields: any_of, optional, targets, all_names()
+    stratify_field: str | None
+
+    def prepare(self, frame: pd.DataFrame, split: str) -> pd.DataFrame: ...
+
+    def input_lengths(self, frame: pd.DataFrame, tokenizer) -> list[int]: ...
 
 
 @dataclass
@@ -23,19 +35,27 @@ class Splits:
     eval: pd.DataFrame
     reports: list[DataReport]
 
+    def eval_rows(self) -> list[int]:
+        """1-based data row numbers of the held-out rows in their source file (train_path or eval_path)."""
+        return [int(i) + 1 for i in self.eval.index]
 
-def load_frame(path: str, config: RunConfig, task: Task, split: str, report: DataReport | None = None) -> pd.DataFrame:
-    """Read one file and bring it to the task's logical fields (no cleaning)."""
+
+def load_frame(path: str, config: RunConfig, task: TaskData, split: str, report: DataReport | None = None) -> pd.DataFrame:
+    """Read one file and bring it to the task's logical fields (no cleaning).
+
+    For `split="predict"` a mapped label/reference column may be absent: a test file has no labels."""
     report = report or DataReport(source=str(path))
-    frame = read_table(path, config.data.encoding)
+    frame = read_table(path, config.data.encoding, report=report)
     report.rows_read = len(frame)
-    frame = map_columns(frame, config.data.columns, task.fields.all_names(), str(path))
+    mapping = config.data.columns
+    if split == "predict":
+        mapping = {f: c for f, c in mapping.items() if not (f in task.fields.targets and c not in frame.columns)}
+    frame = map_columns(frame, mapping, task.fields.all_names(), str(path))
     frame = frame.reset_index(drop=True)
-    frame = task.prepare(frame, split)
-    return frame
+    return task.prepare(frame, split)
 
 
-def load_labelled(path: str, config: RunConfig, task: Task, split: str) -> tuple[pd.DataFrame, DataReport]:
+def load_labelled(path: str, config: RunConfig, task: TaskData, split: str) -> tuple[pd.DataFrame, DataReport]:
     report = DataReport(source=str(path))
     frame = load_frame(path, config, task, split, report)
     group = require_fields(frame, task.fields.any_of, str(path))
@@ -43,16 +63,19 @@ def load_labelled(path: str, config: RunConfig, task: Task, split: str) -> tuple
     frame = apply_filters(frame, config.data.categories, config.data.difficulties, report)
     if frame.empty:
         raise UserError(f"{path}: no usable rows left after cleaning and filters ({'; '.join(report.lines()[1:]) or 'all rows empty'})")
-    report.rows_used = len(frame)
+    report.rows_valid = report.rows_used = len(frame)
     return frame, report
 
 
-def load_splits(config: RunConfig, task: Task) -> Splits:
+def load_splits(config: RunConfig, task: TaskData, tokenizer=None) -> Splits:
+    """The run's train and eval rows. With a tokenizer, overlong rows are counted (and dropped when
+    `data.overlong: drop`) on both sides, so every caller sees the split training will use."""
     data = config.data
     if not data.train_path:
         raise UserError("no training data: set `data.train_path` in the config (or pass --data)")
     train, train_report = load_labelled(data.train_path, config, task, "train")
     if data.max_rows:
+        train_report.limited = max(0, len(train) - data.max_rows)
         train = train.iloc[: data.max_rows]
     reports = [train_report]
     if data.eval_path:
@@ -61,17 +84,21 @@ def load_splits(config: RunConfig, task: Task) -> Splits:
     else:
         stratify = data.stratify_by if data.stratify_by in train.columns else task.stratify_field
         train, evaluation = train_eval_split(train, data.eval_fraction, data.seed, stratify, data.group_by)
-    train_report.rows_used = len(train)
+    if tokenizer is not None:
+        max_length = config.train.max_length
+        train = check_lengths(train, task, tokenizer, max_length, reports[0], data.overlong, "train")
+        evaluation = check_lengths(evaluation, task, tokenizer, max_length, reports[-1], data.overlong, "eval")
+    reports[-1].rows_eval = len(evaluation)
+    train_report.rows_used = train_report.rows_train = len(train)
     return Splits(train=train, eval=evaluation, reports=reports)
 
 
-def check_lengths(frame: pd.DataFrame, task: Task, tokenizer, max_length: int, report: DataReport, policy: str,
+def check_lengths(frame: pd.DataFrame, task: TaskData, tokenizer, max_length: int, report: DataReport, policy: str,
                   split: str = "train") -> pd.DataFrame:
     """Count rows longer than max_length tokens; drop them if the policy says so (truncation happens in encode)."""
     if frame.empty:
         return frame
-    texts = task.texts_for_length(frame, tokenizer)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    lengths = task.input_lengths(frame, tokenizer)
     over = pd.Series([n > max_length for n in lengths], index=frame.index)
     report.add("overlong", [int(i) + 1 for i in frame.index[over]])
     if over.any():

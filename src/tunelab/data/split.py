@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tunelab.errors import UserError
+
 
 def train_eval_split(frame: pd.DataFrame, fraction: float, seed: int,
                      stratify_by: str | None = None, group_by: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -17,16 +19,25 @@ def train_eval_split(frame: pd.DataFrame, fraction: float, seed: int,
         return frame, frame.iloc[0:0]
     rng = np.random.default_rng(seed)
     if group_by and group_by in frame.columns:
-        groups = frame[group_by].astype(str).unique()
-        rng.shuffle(groups)
+        keys = frame[group_by].astype(str)
+        sizes = keys.value_counts()
+        if len(sizes) < 2:
+            raise UserError(f"data.group_by: every row has the same `{group_by}`, so no group can be held out; "
+                            "set data.eval_path, or split without group_by")
+        unique = list(keys.unique())  # a list: numpy's in-place shuffle can duplicate items of pandas' Arrow arrays
+        groups = [unique[i] for i in rng.permutation(len(unique))]
+        # Whole groups move to eval until the fraction is reached; a group that would overshoot it by half
+        # is passed over (one dominant group must not swallow the eval side, nor empty the train side).
         target, taken, chosen = fraction * len(frame), 0, []
-        sizes = frame[group_by].astype(str).value_counts()
         for g in groups:
             if taken >= target:
                 break
-            chosen.append(g)
-            taken += int(sizes[g])
-        is_eval = frame[group_by].astype(str).isin(chosen).to_numpy()
+            if taken + int(sizes[g]) <= max(1.5 * target, 1):
+                chosen.append(g)
+                taken += int(sizes[g])
+        if not chosen:  # every group is big: hold out the smallest one
+            chosen = [sizes.index[-1]]
+        is_eval = keys.isin(chosen).to_numpy()
     elif stratify_by and stratify_by in frame.columns:
         is_eval = np.zeros(len(frame), dtype=bool)
         positions = pd.Series(np.arange(len(frame))).groupby(frame[stratify_by].astype(str).to_numpy())

@@ -1,4 +1,5 @@
-"""Dataset statistics for `tunelab data stats`: rows, columns, text lengths, category/difficulty counts."""
+"""Dataset statistics for `tunelab data stats`: rows, columns, text lengths, category/difficulty counts,
+and the detected encoding (with its confidence) when the frame came from `read_table`."""
 from __future__ import annotations
 
 import pandas as pd
@@ -20,4 +21,7 @@ def describe(frame: pd.DataFrame, max_categories: int = 15) -> dict:
                 info["counts"] = {str(k): int(v) for k, v in series.value_counts().head(max_categories).items()}
         out["columns"][str(column)] = info
     out["duplicate_rows"] = int(frame.astype(str).duplicated().sum())
+    if frame.attrs.get("encoding"):  # set by read_table: how the file's text was decoded
+        out["encoding"] = frame.attrs["encoding"]
+        out["encoding_confidence"] = frame.attrs.get("encoding_confidence")
     return out

@@ -48,6 +48,14 @@ def require_fields(frame: pd.DataFrame, any_of: tuple[tuple[str, ...], ...], sou
 
 @dataclass
 class DataReport:
+    """What happened to one input file's rows, so the counts add up:
+
+    rows_read -> (empty, duplicates, filtered_out dropped) -> rows_valid -> (limited by data.max_rows)
+    -> rows_train / rows_eval. `rows_used` is kept for older readers: the training rows taken from this
+    file (the eval rows of a separate eval file). `encoding`/`encoding_confidence` say how the text was
+    decoded (1.0: certain, e.g. UTF-8 or named in `data.encoding`; lower: a plausibility guess).
+    """
+
     source: str
     rows_read: int = 0
     empty: int = 0
@@ -57,6 +65,14 @@ class DataReport:
     rows_used: int = 0
     examples: dict[str, list[int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    rows_valid: int | None = None
+    """Rows left after dropping empty/duplicate rows and applying the category/difficulty filters."""
+    limited: int = 0
+    """Valid rows left out by `data.max_rows`."""
+    rows_train: int | None = None
+    rows_eval: int | None = None
+    encoding: str | None = None
+    encoding_confidence: float | None = None
 
     def add(self, kind: str, row_numbers: list[int]) -> None:
         setattr(self, kind, getattr(self, kind) + len(row_numbers))
@@ -64,10 +80,27 @@ class DataReport:
             self.examples.setdefault(kind, []).extend(row_numbers[:5])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["rows_valid"] = self.valid_rows()
+        return out
+
+    def valid_rows(self) -> int:
+        """`rows_valid` when the pipeline set it, else what the drop counts imply."""
+        if self.rows_valid is not None:
+            return self.rows_valid
+        return max(0, self.rows_read - self.empty - self.duplicates - self.filtered_out)
 
     def lines(self) -> list[str]:
-        out = [f"{self.source}: {self.rows_read} rows read, {self.rows_used} used"]
+        name = self.source
+        if self.encoding:
+            certain = self.encoding_confidence is None or self.encoding_confidence >= 1.0
+            name += f" ({self.encoding})" if certain else f" ({self.encoding}, guessed with confidence {self.encoding_confidence:.2f})"
+        head = f"{name}: {self.rows_read} read → {self.valid_rows()} valid"
+        if self.limited:
+            head += f" → {self.valid_rows() - self.limited} kept (data.max_rows)"
+        split = [f"{n} {label}" for n, label in ((self.rows_train, "train"), (self.rows_eval, "eval")) if n is not None]
+        head += " → " + (" / ".join(split) if split else f"{self.rows_used} used")
+        out = [head]
         for kind in ("empty", "duplicates", "overlong", "filtered_out"):
             count = getattr(self, kind)
             if count:
@@ -81,11 +114,14 @@ def _row_numbers(frame: pd.DataFrame, mask: pd.Series) -> list[int]:
     return [int(i) + 1 for i in frame.index[mask]]
 
 
+def is_missing(value) -> bool:
+    """None or NaN: no value at all (an empty string *is* a value, e.g. a template renders it as-is)."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def is_blank(value) -> bool:
     """None, NaN, a whitespace-only string or an empty list/dict: a field with nothing in it."""
-    if value is None:
-        return True
-    if isinstance(value, float) and value != value:
+    if is_missing(value):
         return True
     if isinstance(value, str):
         return not value.strip()

@@ -33,11 +33,14 @@ class GenerationEngine:
         self.config = config or GenerationConfig()
         self.stats = GenerationStats()
         self.model.eval()
+        self.cpu_threads: int | None = None
         if self.device.type == "cpu":
             # Batched decoding multiplies small matrices; on busy/SMT vCPUs 2 threads made them 20x slower.
-            from tunelab.training.speed import calibrate_cpu_threads
+            # Set process-wide on purpose: generation runs from several methods and a streaming worker thread.
+            from tunelab.models.threads import choose_cpu_threads
 
-            calibrate_cpu_threads()
+            self.cpu_threads, _ = choose_cpu_threads()
+            torch.set_num_threads(self.cpu_threads)
 
     def _generate_kwargs(self, **overrides) -> dict:
         c = self.config.model_copy(update={k: v for k, v in overrides.items() if v is not None})

@@ -5,6 +5,12 @@ Formats:
 - `map`:   `row_id,Category:Misconception`; one to three space-separated labels per row.
 Checks: the exact columns, no missing/duplicate ids, no NaN, probabilities in [0, 1] summing to 1
 within 1e-6, and (when the test file is given) exactly the test's ids.
+
+Arena files never hold an exact 0: one tie in the test data would make the log loss infinite. A 2-way
+model (trained without ties) gets `winner_tie` = `tie_probability` (default TIE_PROBABILITY = 0.001) with
+a and b scaled by (1 - tie_probability); every written probability is at least MIN_PROBABILITY (1e-9),
+rows renormalised. A tie then costs -ln(0.001) = 6.9 nats instead of infinity, and a row without a tie
+loses -ln(0.999) = 0.001 nats.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import pandas as pd
 from tunelab.errors import UserError
 
 SUM_TOLERANCE = 1e-6
+TIE_PROBABILITY = 1e-3
+MIN_PROBABILITY = 1e-9
 
 
 @dataclass(frozen=True)
@@ -144,27 +152,50 @@ def _write_checked(frame: pd.DataFrame, path: str | Path, fmt: str, float_format
     return Path(path)
 
 
-def write_arena_submission(ids: Sequence, probs: np.ndarray, path: str | Path) -> Path:
-    """probs: (n, 3) in order a, b, tie (a 2-column array gets tie = 0); rows renormalised in float64."""
+def with_tie(probs: np.ndarray, tie_probability: float = TIE_PROBABILITY) -> np.ndarray:
+    """(n, 2) a/b probabilities of a model trained without ties -> (n, 3): tie = `tie_probability`, a and b
+    scaled by (1 - tie_probability), so rows still sum to 1 and a tie in the data has a finite log loss."""
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    return np.column_stack([probs * (1.0 - tie_probability), np.full(len(probs), tie_probability)])
+
+
+def write_arena_submission(ids: Sequence, probs: np.ndarray, path: str | Path,
+                           tie_probability: float = TIE_PROBABILITY) -> Path:
+    """probs: (n, 3) in order a, b, tie, or (n, 2) from a model without ties (tie = `tie_probability`, see
+    `with_tie`); every probability floored at MIN_PROBABILITY and rows renormalised in float64."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] not in (2, 3) or len(probs) != len(ids):
         raise ValueError(f"arena submission needs (n, 2|3) probabilities for {len(ids)} ids, got {probs.shape}")
-    if probs.shape[1] == 2:
-        probs = np.column_stack([probs, np.zeros(len(probs))])
     if not np.isfinite(probs).all():
         raise UserError("cannot write the arena submission: the predictions contain NaN/inf probabilities")
+    if probs.shape[1] == 2:
+        probs = with_tie(probs, tie_probability)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    probs = np.maximum(probs, MIN_PROBABILITY)
     probs = probs / probs.sum(axis=1, keepdims=True)
     frame = pd.DataFrame({"id": list(ids), "winner_model_a": probs[:, 0], "winner_model_b": probs[:, 1],
                           "winner_tie": probs[:, 2]})
     return _write_checked(frame, path, "arena", float_format="%.10f")
 
 
+def check_map_label(label: str, why: str = "cannot write a MAP submission") -> None:
+    """A MAP label must be non-empty and free of whitespace (the format separates labels by spaces)."""
+    label = str(label)
+    if not label.strip():
+        raise UserError(f"{why}: a label is empty")
+    if any(ch.isspace() for ch in label):
+        raise UserError(f"{why}: label `{label}` contains a space, and MAP submissions separate labels by "
+                        f"spaces; rename it (e.g. `{'_'.join(label.split())}`) or write --format csv")
+
+
 def write_map_submission(ids: Sequence, top_labels: Sequence[Sequence[str]], path: str | Path) -> Path:
+    """One row per id with its (up to three) labels, best first, as lists: a label with a space is refused
+    (`check_map_label`), never split into two labels."""
+    top_labels = [[labels] if isinstance(labels, str) else list(labels) for labels in top_labels]
     for labels in top_labels:
-        bad = [label for label in labels if not label or any(ch.isspace() for ch in label)]
-        if bad:
-            raise UserError(f"cannot write a MAP submission: label `{bad[0]}` is empty or contains spaces "
-                            "(labels are space-separated in this format)")
+        for label in labels:
+            check_map_label(label)
     frame = pd.DataFrame({"row_id": list(ids),
                           "Category:Misconception": [" ".join(list(labels)[:MAP_MAX_LABELS]) for labels in top_labels]})
     return _write_checked(frame, path, "map")

@@ -1,1 +1,1 @@
-"""Inspection tools: token lengths, templates, model comparisons."""
+"""Inspection tools. Today: token-length analysis of a run's model inputs (lab.lengths, `tunelab data lengths`)."""

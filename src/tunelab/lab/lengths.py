@@ -11,13 +11,6 @@ from tunelab.io import atomic_path
 PERCENTILES = (50, 90, 95, 99)
 
 
-def token_lengths(texts: list[str], tokenizer) -> np.ndarray:
-    """Tokens per text as the model sees it (with the tokenizer's special tokens)."""
-    if not texts:
-        return np.zeros(0, dtype=np.int64)
-    return np.array([len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]], dtype=np.int64)
-
-
 def suggest_max_length(lengths: np.ndarray, quantile: float = 0.95, multiple: int = 32) -> int:
     """The length covering `quantile` of rows, rounded up to a multiple (friendlier to kernels)."""
     if len(lengths) == 0:
@@ -25,9 +18,11 @@ def suggest_max_length(lengths: np.ndarray, quantile: float = 0.95, multiple: in
     return int(math.ceil(float(np.quantile(lengths, quantile)) / multiple) * multiple)
 
 
-def length_report(texts: list[str], tokenizer, max_length: int, png_path: str | Path | None) -> dict:
-    """Percentiles, the share of rows longer than `max_length` (which get truncated), advice, and a histogram PNG."""
-    lengths = token_lengths(texts, tokenizer)
+def length_report(lengths: list[int], max_length: int, png_path: str | Path | None) -> dict:
+    """Percentiles, the share of rows longer than `max_length` (which get truncated), advice, and a histogram PNG.
+
+    `lengths` are tokens per model input as training counts them (`Task.input_lengths`)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
     over = lengths > max_length
     report: dict = {
         "rows": int(len(lengths)),

@@ -78,3 +78,63 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     if len(x) < 2 or x.std() == 0 or y.std() == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def logits_of(eval_prediction) -> np.ndarray:
+    """The logits array from a Trainer EvalPrediction (some models return a tuple)."""
+    predictions = eval_prediction.predictions
+    if isinstance(predictions, (tuple, list)):
+        predictions = predictions[0]
+    return np.asarray(predictions)
+
+
+# -- calibration -------------------------------------------------------------------------------------------
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling of probabilities: softmax(log(p) / T). The log of a softmax differs from its
+    logits by a constant per row, so this equals softmax(logits / T). T = 1 returns `probs` unchanged,
+    T > 1 softens, T < 1 sharpens; the ranking of classes never changes."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if temperature == 1.0 or probs.size == 0:
+        return probs
+    return softmax(np.log(np.clip(probs, 1e-300, None)) / temperature)
+
+
+def nll(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class, unclipped (an exact 0 for the true class gives inf)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return float(-np.mean(np.log(probs[np.arange(len(probs)), np.asarray(y_true)])))
+
+
+def fit_temperature(y_true: np.ndarray, probs: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The one scalar T minimising the log loss of `apply_temperature(probs, T)` (bounded search on log T)."""
+    from scipy.optimize import minimize_scalar
+
+    y_true = np.asarray(y_true)
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-300, None))
+
+    def loss(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(z)), y_true]))
+
+    result = minimize_scalar(loss, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
+                             options={"xatol": 1e-5})
+    best = float(np.exp(result.x))
+    return best if loss(np.log(best)) < loss(0.0) else 1.0  # never worse than leaving the model alone
+
+
+# -- collapse signals --------------------------------------------------------------------------------------
+def prediction_spread(probs: np.ndarray, k: int = 3) -> dict[str, float]:
+    """How much predictions vary across rows: distinct top-1 classes, the share of rows sharing the most
+    common top-k list, and the largest per-class standard deviation of the probabilities."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(probs) == 0:
+        return {"distinct_top1": 0, "top_k_mode_share": float("nan"), "prob_std": float("nan")}
+    top = top_k_indices(probs, k)
+    _, counts = np.unique(top, axis=0, return_counts=True)
+    return {"distinct_top1": int(len(np.unique(top[:, 0]))), "top_k_mode_share": float(counts.max() / len(top)),
+            "prob_std": float(probs.std(axis=0).max())}

@@ -1,8 +1,12 @@
-"""Hardware detection: which device, which precision, and what it supports."""
+"""Hardware detection: which device, which precision, and what it supports. Detection changes no setting."""
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -47,13 +51,72 @@ def detect_hardware(config: ModelConfig) -> Hardware:
     elif device == "mps":
         name, auto = "Apple GPU", torch.float16
     else:
-        name = f"CPU x{torch.get_num_threads()} threads"
+        name = f"CPU ({os.cpu_count()} logical cores)"  # the thread count is chosen later (models/threads.py)
         auto = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     dtype = auto if config.dtype == "auto" else getattr(torch, config.dtype)
     if (config.load_in_4bit or config.load_in_8bit) and device != "cuda":
         raise UserError("4-bit/8-bit loading (bitsandbytes) needs a CUDA GPU; none is visible. "
                         "Drop model.load_in_4bit/load_in_8bit to train in full precision on this machine")
-    if device == "cpu" and dtype == torch.float32:
-        # oneDNN fp32 matmuls ("medium" = bf16x3 where supported) are faster than MKL on AMD at fp32-level error.
-        torch.set_float32_matmul_precision("medium")
     return Hardware(device=device, dtype=dtype, name=name)
+
+
+def matmul_precision(precision: str | None):
+    """Run the block with torch's float32 matmul precision set to `precision` (`model.matmul_precision`),
+    then restore the previous one. None: unchanged. Scoped because the setting is process-wide, and
+    "high"/"medium" let fp32 matmuls run in TF32/bf16 (on bf16 CPUs too): a precision the user picks, not
+    one detection may impose."""
+    return torch_setting(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, precision)
+
+
+@contextmanager
+def torch_setting(get: Callable[[], Any], put: Callable[[Any], None], value: Any) -> Iterator[None]:
+    """Run the block with a process-wide torch setting at `value` (None: unchanged), then restore it."""
+    if value is None:
+        yield
+        return
+    before = get()
+    put(value)
+    try:
+        yield
+    finally:
+        put(before)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size in bytes. `ru_maxrss` is KiB on Linux but bytes on macOS."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide tunelab's speed paths (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+
+
+def environment_lines() -> list[str]:
+    """What a bug report needs, one fact a line: versions, CPU features, the detected device and dtype."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    hardware = detect_hardware(ModelConfig())
+    lines = [f"tunelab {v('tunelab')}", f"python {platform.python_version()} ({platform.platform()})"]
+    lines += [f"{p} {v(p)}" for p in ("torch", "transformers", "peft", "accelerate")]
+    lines.append(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
+                 f"flags: {' '.join(cpu_flags()) or 'none of avx2/avx512/bf16/amx'}; fast bf16: {cpu_has_fast_bf16()}")
+    lines.append(f"detected: {hardware.describe()}")
+    if torch.cuda.is_available():
+        lines.append(f"cuda {torch.version.cuda}: {', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))}")
+    return lines

@@ -60,13 +60,22 @@ def model_class(head: str):
     return {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification}[head]
 
 
-def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: dict | None = None,
-               tokenizer=None, for_training: bool = True, frozen_base: bool = False):
-    """Load `config`'s weights with the task's head, in the hardware's dtype, on its device.
+def predict_dtype(config: ModelConfig, hardware: Hardware) -> torch.dtype:
+    """The dtype a trained run predicts in. `auto`: float32 on CPU, where it reproduces the fp32 evaluation
+    that training reports (bf16 merged weights moved probabilities by up to 6% relative); the hardware's
+    dtype on GPUs. Resolved once at training time and saved in the run's config.yaml."""
+    if config.predict_dtype != "auto":
+        return getattr(torch, config.predict_dtype)
+    return torch.float32 if hardware.device == "cpu" else hardware.dtype
 
-    Training keeps fp32 master weights (the Trainer autocasts), except a frozen LoRA base of a causal
-    LM in bf16: it is never updated, so it is stored in bf16 (half the memory, no per-op casts) while
-    PEFT keeps the adapter weights in fp32.
+
+def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: dict | None = None,
+               tokenizer=None, for_training: bool = True, frozen_base: bool = False, dtype: torch.dtype | None = None):
+    """Load `config`'s weights with the task's head, on the hardware's device, in `dtype` if given.
+
+    Otherwise: training keeps fp32 master weights (the Trainer autocasts), except a frozen LoRA base of a
+    causal LM in bf16: it is never updated, so it is stored in bf16 (half the memory, no per-op casts)
+    while PEFT keeps the adapter weights in fp32. Inference uses the hardware's dtype.
     """
     resolved = resolve_model(config.name_or_path)
     cls = model_class(head)
@@ -90,7 +99,7 @@ def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: 
         kwargs["quantization_config"] = _bnb_config(config, hardware)
         kwargs["device_map"] = {"": 0}
     low_precision_base = frozen_base and head == "causal_lm" and hardware.dtype == torch.bfloat16
-    kwargs["dtype"] = hardware.dtype if (not for_training or low_precision_base) else torch.float32
+    kwargs["dtype"] = dtype or (hardware.dtype if (not for_training or low_precision_base) else torch.float32)
     check_head(config, head, resolved)
     try:
         model = cls.from_pretrained(resolved.path, **kwargs)

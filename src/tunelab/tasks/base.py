@@ -3,14 +3,20 @@
 A task answers five questions and nothing else:
 1. data:    which fields it needs (`fields`) and how a row becomes a model example (`prepare`, `encode`);
 2. head:    which model head it trains (`head`, `head_kwargs`);
-3. loss:    its loss, if not the head's default (`compute_loss`);
-4. metrics: what it measures on held-out data (`trainer_metrics` from logits, `evaluate` from predictions);
-5. output:  how predictions are made and written (`predict`, `write_predictions`).
+3. loss:    the head's own loss (a task needing another one overrides the trainer, not this contract);
+4. metrics: what it measures on held-out data (`trainer_metrics` from logits during training; `score_*`
+            from real predictions after it);
+5. output:  how predictions are written (`write_predictions`).
 
-Training, run directories, checkpoints, logging and the CLI never ask which
-task they run. Fields are *logical* names (e.g. `question`); the user's
-`data.columns` maps them to their file's column names before the task sees
-the frame.
+Beyond that a task declares what it *can do* by its capability class, so a front end can ask before
+it calls (`capabilities()`, `require_capability`):
+- `GenerativeTask`: the model writes text (chat, generate, ROUGE eval, test mode). The task supplies
+  prompts, references and scoring; generation itself runs in `tunelab.inference`.
+- `ProbabilisticTask`: the model outputs class probabilities (predict, ensembles, submissions).
+
+Training, run directories, checkpoints, logging and the CLI never ask which task they run. Fields
+are *logical* names (e.g. `question`); the user's `data.columns` maps them to their file's column
+names before the task sees the frame.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import pandas as pd
 from tunelab.config.schema import RunConfig, TaskConfig
 
 if TYPE_CHECKING:
+    import numpy as np
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Head = Literal["causal_lm", "sequence_classification"]
@@ -34,6 +41,8 @@ class Fields:
 
     any_of: tuple[tuple[str, ...], ...]
     optional: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    """Fields that only scoring needs (labels, references): a file to predict for may lack them."""
 
     def all_names(self) -> set[str]:
         return {f for group in self.any_of for f in group} | set(self.optional)
@@ -74,6 +83,18 @@ class Task:
         """The full model input per row, as text: used for length reports and overlong checks."""
         raise NotImplementedError
 
+    special_tokens_in_text: ClassVar[bool] = True
+    """True when `texts_for_length` already holds the special tokens (chat templates render them as text);
+    False when the tokenizer adds them on encoding (encoder [CLS]/[SEP])."""
+
+    def input_lengths(self, frame: pd.DataFrame, tokenizer: "PreTrainedTokenizerBase") -> list[int]:
+        """Tokens per row before truncation, counted exactly as `encode` counts them."""
+        texts = self.texts_for_length(frame, tokenizer)
+        if not texts:
+            return []
+        encoded = tokenizer(texts, add_special_tokens=not self.special_tokens_in_text, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def encode(self, frame: pd.DataFrame, tokenizer: "PreTrainedTokenizerBase", max_length: int) -> list[dict]:
         """Rows -> tokenized examples (lists of ints: input_ids, and labels / label)."""
         raise NotImplementedError
@@ -95,9 +116,6 @@ class Task:
         """Modules trained in full next to LoRA and saved with the adapter (e.g. the score head)."""
         return None
 
-    compute_loss: ClassVar[Callable | None] = None
-    """A `Trainer(compute_loss_func=...)` callable, or None for the head's own loss."""
-
     # -- 4. metrics ------------------------------------------------------
     def trainer_metrics(self) -> Callable | None:
         """`compute_metrics` for the Trainer's evaluation loop (logit-based tasks), or None."""
@@ -107,19 +125,17 @@ class Task:
         """(metric name as the Trainer logs it without `eval_`, greater_is_better)."""
         return "loss", False
 
-    def callbacks(self, tokenizer, eval_frame: pd.DataFrame) -> list:
-        """Extra TrainerCallbacks (e.g. generation metrics during training). Default: none."""
-        return []
-
-    def evaluate(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", frame: pd.DataFrame) -> dict[str, float]:
-        """Task metrics on labelled rows, from real predictions. Default: none beyond the loss."""
-        return {}
-
-    # -- 5. predictions --------------------------------------------------
-    def predict(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", frame: pd.DataFrame) -> pd.DataFrame:
-        """One output row per input row."""
+    def has_labels(self, frame: pd.DataFrame) -> bool:
+        """True when `frame` carries what scoring needs (references / labels), not only model inputs."""
         raise NotImplementedError
 
+    # -- capabilities ----------------------------------------------------
+    @classmethod
+    def capabilities(cls) -> tuple[str, ...]:
+        """What front ends may ask of this task: "generative", "probabilistic"."""
+        return tuple(c.capability for c in (GenerativeTask, ProbabilisticTask) if issubclass(cls, c))
+
+    # -- 5. predictions --------------------------------------------------
     output_formats: ClassVar[tuple[str, ...]] = ("jsonl", "csv")
     """Formats `write_predictions` accepts; the first is the default."""
 
@@ -140,15 +156,99 @@ class Task:
         return Path(path)
 
 
-class SequenceClassificationTask(Task):
+class GenerativeTask(Task):
+    """Capability: the model writes text. The task supplies prompts, references and scores;
+    `tunelab.inference.predict` runs the generation engine over them."""
+
+    capability: ClassVar[str] = "generative"
+    head = "causal_lm"
+
+    def generation_prompt(self, row: pd.Series, tokenizer: "PreTrainedTokenizerBase") -> str:
+        """The text generation starts from (chat-templated where the task uses a template)."""
+        raise NotImplementedError
+
+    def references(self, row: pd.Series) -> list[str]:
+        """What a good output for `row` looks like (one or more references); the first is the training target."""
+        raise NotImplementedError
+
+    def reference(self, row: pd.Series) -> str:
+        return self.references(row)[0]
+
+    def score_predictions(self, predictions: pd.DataFrame) -> dict[str, float]:
+        """Mean scores over rows of `predictions` (columns `prediction`, `references`); adds per-row
+        score columns in place. Default: ROUGE (language-aware, see tunelab.metrics.rouge)."""
+        from tunelab.metrics.rouge import RougeMetric, mean_scores
+
+        metric = RougeMetric(self.rouge_cjk)
+        each = metric.score_each(predictions["prediction"].tolist(), predictions["references"].tolist())
+        for key in metric.rouge_types:
+            predictions[key] = [round(s[key], 4) for s in each]
+        return mean_scores(each, metric.rouge_types)
+
+    rouge_cjk: ClassVar[str] = "char"
+
+    def eval_generation_rows(self) -> int | None:
+        """How many held-out rows to generate for and score after training (0: none, None: all)."""
+        return 0
+
+    def in_training_generation(self) -> tuple[int, int] | None:
+        """(every N steps, rows) to generate for and score during training, or None."""
+        return None
+
+
+class ProbabilisticTask(Task):
+    """Capability: the model gives each row a probability per class (`classes`): predictions,
+    ensembles (averaged probabilities) and submission files build on that."""
+
+    capability: ClassVar[str] = "probabilistic"
+    classes: list[str]
+
+    def predict_proba(self, model, tokenizer, frame: pd.DataFrame) -> "np.ndarray":
+        """(rows, len(classes)) probabilities, rows in `frame`'s order."""
+        raise NotImplementedError
+
+    def predictions_frame(self, frame: pd.DataFrame, probs: "np.ndarray") -> pd.DataFrame:
+        """One output row per input row: id, prediction, probabilities (and the label when known)."""
+        raise NotImplementedError
+
+    def score_probabilities(self, frame: pd.DataFrame, probs: "np.ndarray") -> dict[str, float]:
+        """Task metrics from probabilities for labelled rows of `frame`."""
+        raise NotImplementedError
+
+    def review(self, model, tokenizer, train: pd.DataFrame, held_out: pd.DataFrame,
+               run_dir: Path | None) -> tuple[dict[str, Any], pd.DataFrame | None, list[str]]:
+        """After training: (metrics, predictions on the held-out rows, lines to show). A task may calibrate
+        here (what it learns goes into `state()`), fit and save baselines into `run_dir` (None: save
+        nothing), and add warnings. Default: the metrics and predictions of `predict_proba`."""
+        if held_out.empty or not self.has_labels(held_out):
+            return {}, None, []
+        probs = self.predict_proba(model, tokenizer, held_out)
+        return self.score_probabilities(held_out, probs), self.predictions_frame(held_out, probs), []
+
+
+def require_capability(task: Task, capability: type[Task], action: str) -> Task:
+    """Return `task` if it has `capability`, else a UserError saying which tasks can do `action`."""
+    from tunelab.errors import UserError
+
+    if not isinstance(task, capability):
+        raise UserError(f"{action} needs a {capability.capability} task; this run's task `{task.name}` is "
+                        f"{' and '.join(task.capabilities()) or 'neither generative nor probabilistic'}")
+    return task
+
+
+class SequenceClassificationTask(ProbabilisticTask):
     """Shared head plumbing for tasks that predict one of `self.classes` per row (classify, preference).
 
-    Subclasses set `self.classes` (in `__init__`/`fit`/`load_state`) and implement `predict_proba`
-    and `predictions_frame`.
+    Subclasses set `self.classes` (in `__init__`/`fit`/`load_state`), `id_field`, and implement
+    `input_examples`, `label_ids`, `metrics_from_probs`, `score_probabilities`, `predictions_frame` and
+    `baseline_inputs`; their config carries `calibrate` and `baseline` (tasks/review.py reads them).
     """
 
     head = "sequence_classification"
+    stratify_field = "label"  # every class on both sides of the split
+    special_tokens_in_text = False
     classes: list[str]
+    id_field: str = "id"
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -168,11 +268,71 @@ class SequenceClassificationTask(Task):
         # (`classifier` in BERT-style encoders, `score` in decoder LLMs).
         return ["classifier", "score"]
 
+    def max_length(self, tokenizer) -> int:
+        """train.max_length, capped by what the tokenizer's model can take."""
+        limit = self.config.train.max_length or 512
+        return int(min(limit, getattr(tokenizer, "model_max_length", None) or limit))
+
+    def row_ids(self, frame: pd.DataFrame) -> list:
+        """The id column's values, else 1-based data row numbers."""
+        if self.id_field in frame.columns:
+            return frame[self.id_field].tolist()
+        return [int(i) + 1 for i in frame.index]
+
+    def input_examples(self, frame: pd.DataFrame, tokenizer) -> list[dict]:
+        """Unlabelled model inputs (input_ids, attention_mask) per row, in `frame`'s order."""
+        raise NotImplementedError
+
+    def metrics_from_probs(self, labels: "np.ndarray", probs: "np.ndarray") -> dict[str, float]:
+        """The metrics logged during training (and after it) from label ids and probabilities."""
+        raise NotImplementedError
+
+    def trainer_metrics(self):
+        import numpy as np
+
+        from tunelab.metrics.classification import logits_of, softmax
+
+        def compute_metrics(eval_prediction) -> dict[str, float]:
+            return self.metrics_from_probs(np.asarray(eval_prediction.label_ids), softmax(logits_of(eval_prediction)))
+
+        return compute_metrics
+
+    # -- calibration, baseline, review (the bulk lives in tasks/review.py and tasks/baseline.py) --------
+    temperature: float = 1.0
+    """Temperature scaling fitted on the held-out rows after training (1 = none); saved in the task state
+    (subclasses include it in `state()`) and applied by `predict_proba`."""
+    baseline_kind: ClassVar[str] = "text"
+    """The classical baseline's input (tasks/baseline.py): "text" (one text per row) or "pair" (A, B)."""
+
+    def label_ids(self, frame: pd.DataFrame) -> tuple["np.ndarray", "np.ndarray"]:
+        """(class index per row, mask of rows whose label the model can score)."""
+        raise NotImplementedError
+
+    def baseline_inputs(self, frame: pd.DataFrame):
+        """What the TF-IDF baseline reads: a list of texts ("text"), or (responses_a, responses_b) ("pair")."""
+        raise NotImplementedError
+
+    def baseline_proba(self, run_dir: str | Path, frame: pd.DataFrame) -> "np.ndarray":
+        """(rows, len(classes)) probabilities of the run's saved classical baseline (for ensembles)."""
+        from tunelab.tasks.baseline import BASELINE_FILE, TfidfBaseline
+
+        return TfidfBaseline.load(Path(run_dir) / BASELINE_FILE).predict_proba(self.baseline_inputs(frame))
+
+    def raw_proba(self, model, tokenizer, frame: pd.DataFrame) -> "np.ndarray":
+        """Probabilities before temperature scaling."""
+        from tunelab.models.forward import predict_probabilities
+
+        return predict_probabilities(model, self.input_examples(frame, tokenizer), self.collate(tokenizer),
+                                     self.options.predict_batch_size)
+
     def predict_proba(self, model, tokenizer, frame: pd.DataFrame):
-        raise NotImplementedError
+        from tunelab.metrics.classification import apply_temperature
 
-    def predictions_frame(self, frame: pd.DataFrame, probs) -> pd.DataFrame:
-        raise NotImplementedError
+        return apply_temperature(self.raw_proba(model, tokenizer, frame), self.temperature)
 
-    def predict(self, model, tokenizer, frame):
-        return self.predictions_frame(frame, self.predict_proba(model, tokenizer, frame))
+    def review(self, model, tokenizer, train, held_out, run_dir):
+        """Temperature scaling on the held-out rows (task.calibrate), the TF-IDF baseline beside the model
+        (task.baseline) and loud warnings when the model collapsed or lost to the prior or the baseline."""
+        from tunelab.tasks.review import review_classifier
+
+        return review_classifier(self, model, tokenizer, train, held_out, run_dir)

@@ -9,6 +9,7 @@ generic CSV or a Kaggle MAP submission.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,6 @@ from tunelab.config.schema import TaskConfig
 from tunelab.errors import UserError, did_you_mean
 from tunelab.tasks.base import Fields, SequenceClassificationTask
 from tunelab.tasks.map_misconception import PROCESSORS
-from tunelab.tasks.registry import register_task
 from tunelab.tasks.templates import TemplateContext, builtin_names, check_format_string, get_template
 
 LABEL = "label"
@@ -48,8 +48,15 @@ class ClassifyConfig(TaskConfig):
     unknown_labels: Literal["error", "skip"] = "error"
     """Eval rows whose label never occurs in training: stop with an error, or leave them out of metrics."""
     output_format: Literal["csv", "map", "jsonl"] = "csv"
-    """Predictions file: generic CSV (id, top-k, a probability per class), Kaggle MAP submission, or JSON lines."""
+    """Predictions file: generic CSV (id, prediction, top-k as a JSON list, a probability per class), Kaggle
+    MAP submission (labels space-separated, so labels must not contain spaces), or JSON lines."""
     predict_batch_size: int = Field(32, ge=1)
+    calibrate: bool = True
+    """Temperature scaling: after training, fit one temperature on the held-out rows (minimum eval log loss)
+    and apply it to every prediction of the run."""
+    baseline: bool = True
+    """Fit a TF-IDF + logistic regression baseline on the same training rows and report it beside the model
+    (`baseline_*` in metrics.json; saved as baseline.npz for `tunelab ensemble RUN baseline:RUN`)."""
 
     @model_validator(mode="after")
     def _check_names(self) -> "ClassifyConfig":
@@ -67,13 +74,11 @@ class ClassifyConfig(TaskConfig):
         return self
 
 
-@register_task
 class ClassifyTask(SequenceClassificationTask):
     name = "classify"
     config_class = ClassifyConfig
     fields = Fields(any_of=(("text", LABEL),), optional=("id",))
     description = "text classification (encoders or LLMs + classification head), MAP@k, Kaggle MAP submissions"
-    stratify_field = "label"
     output_formats = ("csv", "map", "jsonl")
     options: ClassifyConfig
 
@@ -89,8 +94,10 @@ class ClassifyTask(SequenceClassificationTask):
         # Fields the data must carry: the processor's raw inputs, or the template's inputs.
         raw_inputs = list(self.processor.input_fields) if self.processor else self.text_fields
         optional = [self.id_field] + list(self.processor.optional_fields if self.processor else [])
+        label_sources = (LABEL,) + (tuple(self.processor.label_fields) if self.processor else ())
         self.fields = Fields(any_of=(tuple(dict.fromkeys(raw_inputs + [LABEL])),),
-                             optional=tuple(f for f in dict.fromkeys(optional) if f not in raw_inputs))
+                             optional=tuple(f for f in dict.fromkeys(optional) if f not in raw_inputs),
+                             targets=label_sources)
         self.classes: list[str] = list(opts.labels)
         self.label_counts: dict[str, int] = {}
 
@@ -119,15 +126,18 @@ class ClassifyTask(SequenceClassificationTask):
         if len(self.classes) < 2:
             raise UserError(f"classification needs at least 2 labels; the training data has only "
                             f"{', '.join(map(repr, self.classes)) or 'none'}")
+        if self.options.output_format == "map":
+            check_map_labels(self.classes, "task.output_format is map")
         self.label_counts = {str(k): int(v) for k, v in seen.value_counts().items()}
 
     def state(self) -> dict[str, Any]:
-        return {"classes": self.classes, "label_counts": self.label_counts,
+        return {"classes": self.classes, "label_counts": self.label_counts, "temperature": self.temperature,
                 "processor": self.processor.state() if self.processor else None}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.classes = list(state["classes"])
         self.label_counts = dict(state.get("label_counts", {}))
+        self.temperature = float(state.get("temperature", 1.0))
         if self.processor and state.get("processor") is not None:
             self.processor.load_state(state["processor"])
 
@@ -171,66 +181,53 @@ class ClassifyTask(SequenceClassificationTask):
             examples = [dict(e, labels=int(i)) for e, i, k in zip(examples, ids, known) if k]
         return examples
 
+    def input_examples(self, frame, tokenizer):
+        encoded = tokenizer(self.texts(frame, tokenizer), truncation=True, max_length=self.max_length(tokenizer))
+        return [{"input_ids": i, "attention_mask": m} for i, m in zip(encoded["input_ids"], encoded["attention_mask"])]
+
+    def has_labels(self, frame: pd.DataFrame) -> bool:
+        return LABEL in frame.columns
+
+    def baseline_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """The text the model reads (the template without a chat template) for the TF-IDF baseline."""
+        return self.texts(frame, tokenizer=None)
+
     # -- metrics --------------------------------------------------------------
-    def trainer_metrics(self):
-        from tunelab.inference.classify_predict import logits_of
-        from tunelab.metrics.classification import classification_metrics, softmax
+    def metrics_from_probs(self, labels, probs):
+        from tunelab.metrics.classification import classification_metrics
 
-        k = self.options.top_k
-
-        def compute_metrics(eval_prediction) -> dict[str, float]:
-            return classification_metrics(np.asarray(eval_prediction.label_ids), softmax(logits_of(eval_prediction)), k)
-
-        return compute_metrics
+        return classification_metrics(labels, probs, self.options.top_k)
 
     def metric_for_best_model(self) -> tuple[str, bool]:
         return f"map@{self.options.top_k}", True
 
-    def evaluate(self, model, tokenizer, frame):
-        from tunelab.metrics.classification import classification_metrics, majority_probs, map_at_k
+    def score_probabilities(self, frame, probs):
+        from tunelab.metrics.classification import log_loss, majority_probs, map_at_k
 
-        if frame.empty or LABEL not in frame.columns:
-            return {}
         ids, known = self.label_ids(frame)
-        probs = self.predict_proba(model, tokenizer, frame)[known]
-        metrics = classification_metrics(ids[known], probs, self.options.top_k)
-        if self.label_counts:  # the class-prior guess, for contrast
+        metrics = self.metrics_from_probs(ids[known], probs[known])
+        if self.label_counts and known.any():  # the class-prior guess, for contrast
             counts = np.array([self.label_counts.get(c, 0) for c in self.classes])
             prior = majority_probs(np.repeat(np.arange(len(self.classes)), counts), len(self.classes), int(known.sum()))
-            metrics[f"baseline_map@{self.options.top_k}"] = map_at_k(ids[known], prior, self.options.top_k)
+            metrics[f"prior_map@{self.options.top_k}"] = map_at_k(ids[known], prior, self.options.top_k)
+            smoothed = (counts + 1.0) / (counts + 1.0).sum()  # add-one: a class seen 0 times is not impossible
+            metrics["prior_log_loss"] = log_loss(ids[known], np.tile(smoothed, (int(known.sum()), 1)))
         if not known.all():
             metrics["eval_rows_unknown_label"] = int((~known).sum())
         return metrics
 
     # -- predictions ----------------------------------------------------------
-    def predict_proba(self, model, tokenizer, frame: pd.DataFrame) -> np.ndarray:
-        """Class probabilities per row (columns in `self.classes` order)."""
-        from tunelab.inference.classify_predict import predict_probabilities
-
-        encoded = tokenizer(self.texts(frame, tokenizer), truncation=True, max_length=self.max_length(tokenizer))
-        examples = [{"input_ids": i, "attention_mask": m} for i, m in zip(encoded["input_ids"], encoded["attention_mask"])]
-        return predict_probabilities(model, examples, self.collate(tokenizer), self.options.predict_batch_size)
-
-    def max_length(self, tokenizer) -> int:
-        limit = self.config.train.max_length or 512
-        model_max = getattr(tokenizer, "model_max_length", None) or limit
-        return int(min(limit, model_max))
-
-    def row_ids(self, frame: pd.DataFrame) -> list:
-        if self.id_field in frame.columns:
-            return frame[self.id_field].tolist()
-        return [int(i) + 1 for i in frame.index]
-
     def predictions_frame(self, frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
-        """Top-k labels and per-class probabilities, one row per input row."""
+        """Top-k labels and per-class probabilities, one row per input row. `top_k` and `top_k_probs` hold
+        lists (a label may contain spaces); `write_predictions` renders them per format."""
         from tunelab.metrics.classification import top_k_indices
 
         top = top_k_indices(probs, self.options.top_k)
         classes = np.array(self.classes, dtype=object)
         out = pd.DataFrame({"id": self.row_ids(frame)}, index=frame.index)
         out["prediction"] = classes[top[:, 0]]
-        out["top_k"] = [" ".join(row) for row in classes[top]]
-        out["top_k_probs"] = [" ".join(f"{p:.4f}" for p in probs[i, t]) for i, t in enumerate(top)]
+        out["top_k"] = [list(row) for row in classes[top]]
+        out["top_k_probs"] = [[round(float(p), 6) for p in probs[i, t]] for i, t in enumerate(top)]
         if LABEL in frame.columns:
             out["label"] = frame[LABEL].to_numpy()
         probs_frame = pd.DataFrame(probs, columns=[f"prob:{c}" for c in self.classes], index=frame.index)
@@ -241,8 +238,34 @@ class ClassifyTask(SequenceClassificationTask):
 
         fmt = fmt or self.options.output_format
         if fmt == "map":
-            return write_map_submission(predictions["id"].tolist(), [s.split(" ") for s in predictions["top_k"]], path)
+            return write_map_submission(predictions["id"].tolist(), [_as_list(v) for v in predictions["top_k"]], path)
+        if fmt == "csv":  # one readable, unambiguous cell per list: a JSON array (labels may contain spaces)
+            predictions = predictions.copy()
+            for col in ("top_k", "top_k_probs"):
+                if col in predictions.columns:
+                    predictions[col] = [json.dumps(_as_list(v), ensure_ascii=False) for v in predictions[col]]
         return super().write_predictions(predictions, path, fmt)
+
+
+def check_map_labels(labels, why: str) -> None:
+    """The MAP format separates labels by spaces: one UserError naming the first label that has one."""
+    from tunelab.io.submission import check_map_label
+
+    for label in labels:
+        check_map_label(label, why)
+
+
+def _as_list(value) -> list:
+    """A top-k cell as a list (a list, tuple or array; JSON text as read back from a CSV)."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, list):
+            raise UserError(f"top-k cell `{value}` is not a list of labels (a JSON array)")
+        return parsed
+    return list(value)
 
 
 def _missing(value) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IGNORE_INDEX = -100
+from tunelab.data.collate import IGNORE_INDEX
 
 
 @dataclass

@@ -26,6 +26,7 @@ class MapMisconceptionProcessor:
     input_fields = ("QuestionId", "QuestionText", "MC_Answer", "StudentExplanation")
     text_fields = ("QuestionText", "MC_Answer", CORRECTNESS_FIELD, "StudentExplanation")
     optional_fields = ("Category", "Misconception", "row_id")
+    label_fields = ("Category", "Misconception")
     id_field = "row_id"
 
     def __init__(self) -> None:

@@ -25,7 +25,6 @@ from pydantic import Field
 from tunelab.config.schema import TaskConfig
 from tunelab.errors import UserError, did_you_mean
 from tunelab.tasks.base import Fields, SequenceClassificationTask
-from tunelab.tasks.registry import register_task
 
 WINNERS = ("winner_model_a", "winner_model_b", "winner_tie")
 LABEL = "label"
@@ -128,19 +127,18 @@ def fair_allocation(prompt_len: int, a_len: int, b_len: int, budget: int, prompt
     return alloc[0], alloc[1], alloc[2]
 
 
-@register_task
 class PreferenceTask(SequenceClassificationTask):
     name = "preference"
     config_class = PreferenceConfig
     fields = Fields(any_of=(("prompt", "response_a", "response_b") + WINNERS, ("chosen", "rejected")),
-                    optional=("id", "model_a", "model_b"))
+                    optional=("id", "model_a", "model_b"), targets=WINNERS)
     description = "pairwise preference (Chatbot Arena / chosen-rejected): a/b/tie probabilities, log loss"
-    stratify_field = "label"
     output_formats = ("arena", "csv", "jsonl")
     options: PreferenceConfig
 
     def __init__(self, config):
         super().__init__(config)
+        self.id_field = self.options.id_field
         self.classes: list[str] = list(WINNERS)
         self.class_counts: list[int] = []
 
@@ -234,6 +232,14 @@ class PreferenceTask(SequenceClassificationTask):
         sep = tokenizer.sep_token or tokenizer.eos_token or "\n"
         return [f"{p} {sep} {a} {sep} {b}" for p, a, b in zip(frame["prompt"], frame["response_a"], frame["response_b"])]
 
+    def input_lengths(self, frame, tokenizer):
+        """Untruncated `[CLS] prompt [SEP] a [SEP] b [SEP]` lengths, as `input_ids` builds them."""
+        self._check_inputs(frame)
+        start, _ = self._specials(tokenizer)
+        parts = [tokenizer(frame[c].astype(str).tolist(), add_special_tokens=False, verbose=False)["input_ids"]
+                 for c in ("prompt", "response_a", "response_b")]
+        return [len(start) + 3 + len(p) + len(a) + len(b) for p, a, b in zip(*parts)]
+
     def encode(self, frame, tokenizer, max_length):
         examples = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in self.input_ids(frame, tokenizer, max_length)]
         if LABEL in frame.columns:
@@ -251,31 +257,30 @@ class PreferenceTask(SequenceClassificationTask):
             examples += self.encode(swap_frame(frame), tokenizer, max_length)
         return examples
 
+    def input_examples(self, frame, tokenizer):
+        unlabelled = frame.drop(columns=[LABEL], errors="ignore")
+        return self.encode(unlabelled, tokenizer, self.max_length(tokenizer))
+
+    def has_labels(self, frame: pd.DataFrame) -> bool:
+        return LABEL in frame.columns
+
     # -- metrics --------------------------------------------------------------
-    def trainer_metrics(self):
-        from tunelab.inference.classify_predict import logits_of
-        from tunelab.metrics.classification import accuracy, log_loss, softmax
+    def metrics_from_probs(self, labels, probs):
+        from tunelab.metrics.classification import accuracy, log_loss
 
-        def compute_metrics(eval_prediction) -> dict[str, float]:
-            probs, labels = softmax(logits_of(eval_prediction)), np.asarray(eval_prediction.label_ids)
-            return {"log_loss": log_loss(labels, probs), "accuracy": accuracy(labels, probs)}
-
-        return compute_metrics
+        return {"log_loss": log_loss(labels, probs), "accuracy": accuracy(labels, probs)}
 
     def metric_for_best_model(self) -> tuple[str, bool]:
         return "log_loss", False
 
-    def evaluate(self, model, tokenizer, frame):
-        from tunelab.metrics.classification import accuracy, log_loss, pearson
+    def score_probabilities(self, frame, probs):
+        from tunelab.metrics.classification import log_loss, pearson
 
-        if frame.empty or LABEL not in frame.columns:
-            return {}
         labels = frame[LABEL].astype(int).to_numpy()
-        probs = self.predict_proba(model, tokenizer, frame)
-        metrics = {"log_loss": log_loss(labels, probs), "accuracy": accuracy(labels, probs)}
+        metrics = self.metrics_from_probs(labels, probs)
         if self.class_counts:
             prior = np.asarray(self.class_counts, dtype=np.float64) + 1.0
-            metrics["baseline_log_loss"] = log_loss(labels, np.tile(prior / prior.sum(), (len(labels), 1)))
+            metrics["prior_log_loss"] = log_loss(labels, np.tile(prior / prior.sum(), (len(labels), 1)))
         length_diff = (frame["response_a"].str.len() - frame["response_b"].str.len()).to_numpy()
         metrics["length_corr_pred"] = pearson(probs[:, 0] - probs[:, 1], length_diff)
         metrics["length_corr_true"] = pearson((labels == 0).astype(float) - (labels == 1), length_diff)
@@ -284,25 +289,10 @@ class PreferenceTask(SequenceClassificationTask):
     # -- predictions ----------------------------------------------------------
     def predict_proba(self, model, tokenizer, frame: pd.DataFrame) -> np.ndarray:
         """(n, n_classes) probabilities; with swap_tta the swapped-order prediction is un-swapped and averaged in."""
-        from tunelab.inference.classify_predict import predict_probabilities
-
-        max_length = self.max_length(tokenizer)
-        collate, bs = self.collate(tokenizer), self.options.predict_batch_size
-        unlabelled = frame.drop(columns=[LABEL], errors="ignore")
-        probs = predict_probabilities(model, self.encode(unlabelled, tokenizer, max_length), collate, bs)
+        probs = super().predict_proba(model, tokenizer, frame)
         if self.options.swap_tta:
-            swapped = predict_probabilities(model, self.encode(swap_frame(unlabelled), tokenizer, max_length), collate, bs)
-            probs = (probs + unswap_probs(swapped)) / 2
+            probs = (probs + unswap_probs(super().predict_proba(model, tokenizer, swap_frame(frame)))) / 2
         return probs
-
-    def max_length(self, tokenizer) -> int:
-        limit = self.config.train.max_length or 512
-        return int(min(limit, getattr(tokenizer, "model_max_length", None) or limit))
-
-    def row_ids(self, frame: pd.DataFrame) -> list:
-        if self.options.id_field in frame.columns:
-            return frame[self.options.id_field].tolist()
-        return [int(i) + 1 for i in frame.index]
 
     def predictions_frame(self, frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
         full = np.zeros((len(frame), 3))

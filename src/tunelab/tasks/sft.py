@@ -17,12 +17,11 @@ from pydantic import Field
 from tunelab.config.schema import TaskConfig
 from tunelab.data.validate import is_blank
 from tunelab.errors import UserError
-from tunelab.tasks.base import Fields, Task
+from tunelab.tasks.base import Fields, GenerativeTask
 from tunelab.tasks.formatting import (
     Rendered, prompt_of, render_conversation, render_prompt_completion, tokenize_rendered,
 )
-from tunelab.tasks.registry import register_task
-from tunelab.training.collators import CausalLMCollator
+from tunelab.data.collate import IGNORE_INDEX, CausalLMCollator
 
 
 class SFTConfig(TaskConfig):
@@ -34,15 +33,16 @@ class SFTConfig(TaskConfig):
     """Per-category system prompts; a row's category picks one (falls back to system_prompt)."""
     prompt_template: str = "### Question:\n{question}\n\n### Answer:\n"
     """prompt_completion format: how a question becomes the prompt."""
+    eval_max_rows: int | None = Field(0, ge=0)
+    """After training, generate answers for this many held-out rows and score them (ROUGE against the
+    reference answers, eval_predictions.jsonl); 0 = eval loss only, None = every held-out row."""
 
 
-@register_task
-class SFTTask(Task):
+class SFTTask(GenerativeTask):
     name = "sft"
     config_class = SFTConfig
-    head = "causal_lm"
     fields = Fields(any_of=(("messages",), ("question", "answer"), ("prompt", "completion")),
-                    optional=("category", "difficulty", "system"))
+                    optional=("category", "difficulty", "system"), targets=("answer", "completion"))
     description = "chat / instruction / domain-QA fine-tuning (loss on answers only)"
     options: SFTConfig
 
@@ -81,10 +81,13 @@ class SFTTask(Task):
     def render(self, row: pd.Series, tokenizer) -> Rendered:
         if self.options.format == "prompt_completion":
             return render_prompt_completion(*self.prompt_completion(row), tokenizer)
+        self._require_chat_template(tokenizer, "task.format: prompt_completion")
+        return render_conversation(self.conversation(row), tokenizer)
+
+    def _require_chat_template(self, tokenizer, alternative: str) -> None:
         if not tokenizer.chat_template:
             raise UserError(f"model `{self.config.model.name_or_path}` has no chat template: set model.chat_template "
-                            "(e.g. `chatml`, `gemma`) or use task.format: prompt_completion")
-        return render_conversation(self.conversation(row), tokenizer)
+                            f"(e.g. `chatml`, `gemma`) or use {alternative}")
 
     def generation_prompt(self, row: pd.Series, tokenizer) -> str:
         """The text generation starts from: everything before the answer."""
@@ -92,39 +95,30 @@ class SFTTask(Task):
             return self.prompt_completion(row)[0]
         return tokenizer.apply_chat_template(prompt_of(self.conversation(row)), tokenize=False, add_generation_prompt=True)
 
-    def reference(self, row: pd.Series) -> str:
-        return self.conversation(row)[-1]["content"]
+    def references(self, row: pd.Series) -> list[str]:
+        return [self.conversation(row)[-1]["content"]]
+
+    def eval_generation_rows(self) -> int | None:
+        return self.options.eval_max_rows
 
     # -- contract ---------------------------------------------------------------
     def texts_for_length(self, frame, tokenizer):
         return [self.render(row, tokenizer).text for _, row in frame.iterrows()]
 
     def encode(self, frame, tokenizer, max_length):
-        examples = []
-        for _, row in frame.iterrows():
-            example = tokenize_rendered(self.render(row, tokenizer), tokenizer, max_length)
-            if any(label != -100 for label in example["labels"]):  # fully truncated answers teach nothing
-                examples.append(example)
-        return examples
+        examples = (tokenize_rendered(self.render(row, tokenizer), tokenizer, max_length) for _, row in frame.iterrows())
+        return [e for e in examples if teaches(e)]
 
     def collate(self, tokenizer):
         return CausalLMCollator(tokenizer.pad_token_id)
 
-    def predict(self, model, tokenizer, frame):
-        from tunelab.inference.engine import GenerationEngine
-
-        engine = GenerationEngine(model, tokenizer, self.config.generation)
-        prompts = [self.generation_prompt(row, tokenizer) for _, row in frame.iterrows()]
-        outputs = engine.generate(prompts)
-        result = pd.DataFrame({"prompt": prompts, "prediction": outputs}, index=frame.index)
-        has_reference = self.fields_present(frame)
-        if has_reference:
-            result["reference"] = [self.reference(row) for _, row in frame.iterrows()]
-        return result
-
-    def fields_present(self, frame: pd.DataFrame) -> bool:
+    def has_labels(self, frame: pd.DataFrame) -> bool:
         return any(all(f in frame.columns for f in group) for group in self.fields.any_of)
 
+
+def teaches(example: dict) -> bool:
+    """False for an example whose answer was truncated away entirely: it has no token to learn from."""
+    return any(label != IGNORE_INDEX for label in example["labels"])
 
 
 def _extra(row: pd.Series) -> dict:

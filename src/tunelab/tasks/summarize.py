@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import random
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import pandas as pd
 from pydantic import Field, field_validator
 
-from tunelab.config.schema import GenerationConfig, TaskConfig
+from tunelab.config.schema import TaskConfig
 from tunelab.errors import UserError
 from tunelab.tasks.base import Fields
 from tunelab.tasks.formatting import Rendered, render_conversation, render_prompt_completion, tokenize_rendered
-from tunelab.tasks.registry import register_task
 from tunelab.data.validate import is_blank
-from tunelab.tasks.sft import SFTTask
-
-if TYPE_CHECKING:
-    from tunelab.inference.engine import GenerationStats
+from tunelab.tasks.sft import SFTTask, teaches
 
 MAX_NUMBERED_REFERENCES = 10
 _NUMBERED_REFERENCE = re.compile(r"^summary(\d+)$")
@@ -83,22 +79,19 @@ class SummarizeConfig(TaskConfig):
         return value
 
 
-@register_task
 class SummarizeTask(SFTTask):
     name = "summarize"
     config_class = SummarizeConfig
     fields = Fields(any_of=(("dialogue", "summary"), ("dialogue", "summary1")),
-                    optional=tuple(f"summary{i}" for i in range(1, MAX_NUMBERED_REFERENCES + 1)))
+                    optional=tuple(f"summary{i}" for i in range(1, MAX_NUMBERED_REFERENCES + 1)),
+                    targets=("summary",) + tuple(f"summary{i}" for i in range(1, MAX_NUMBERED_REFERENCES + 1)))
     description = "dialogue -> summary (instruction or chat format, instruction augmentation, ROUGE)"
     options: SummarizeConfig
 
     # -- rows -> prompts ----------------------------------------------------------
-    def reference(self, row: pd.Series) -> str:
-        """The training target: `summary`, else the first numbered reference."""
-        return self.references(row)[0]
-
     def references(self, row: pd.Series) -> list[str]:
-        """Every reference summary of a row: `summary` then summary1..N in numeric order."""
+        """Every reference summary of a row: `summary` then summary1..N in numeric order (the first is the
+        training target)."""
         numbered = sorted((int(m.group(1)), k) for k in row.index if isinstance(k, str) and (m := _NUMBERED_REFERENCE.match(k)))
         refs = [str(row[k]).strip() for k in ["summary"] + [k for _, k in numbered] if k in row and not is_blank(row[k])]
         if not refs:
@@ -138,19 +131,14 @@ class SummarizeTask(SFTTask):
     def render(self, row: pd.Series, tokenizer, instruction: str | None = None) -> Rendered:
         if self.options.format == "instruction":
             return render_prompt_completion(*self.prompt_completion(row, instruction), tokenizer)
-        self._require_chat_template(tokenizer)
+        self._require_chat_template(tokenizer, "task.format: instruction")
         return render_conversation(self.conversation(row, instruction), tokenizer)
 
     def generation_prompt(self, row: pd.Series, tokenizer) -> str:
         if self.options.format == "instruction":
             return self.prompt_completion(row)[0]
-        self._require_chat_template(tokenizer)
+        self._require_chat_template(tokenizer, "task.format: instruction")
         return tokenizer.apply_chat_template(self.conversation(row)[:-1], tokenize=False, add_generation_prompt=True)
-
-    def _require_chat_template(self, tokenizer) -> None:
-        if not tokenizer.chat_template:
-            raise UserError(f"model `{self.config.model.name_or_path}` has no chat template: set model.chat_template "
-                            "(e.g. `gemma`, `chatml`) or use task.format: instruction")
 
     # -- contract -------------------------------------------------------------------
     def encode(self, frame, tokenizer, max_length):
@@ -159,7 +147,7 @@ class SummarizeTask(SFTTask):
             for instruction in self.instructions_for(row):
                 rendered = self._render_within(row, tokenizer, instruction, max_length)
                 example = tokenize_rendered(rendered, tokenizer, max_length)
-                if any(label != -100 for label in example["labels"]):
+                if teaches(example):
                     examples.append(example)
         return examples
 
@@ -181,58 +169,19 @@ class SummarizeTask(SFTTask):
         return rendered
 
     # -- generation and ROUGE ---------------------------------------------------------
-    def rouge_metric(self):
-        from tunelab.metrics.rouge import RougeMetric
+    @property
+    def rouge_cjk(self) -> str:
+        return self.options.rouge_cjk
 
-        return RougeMetric(self.options.rouge_cjk)
+    def eval_generation_rows(self) -> int | None:
+        return self.options.eval_max_rows
 
-    def generate_predictions(self, model, tokenizer, frame: pd.DataFrame,
-                             generation: GenerationConfig | None = None) -> tuple[pd.DataFrame, "GenerationStats"]:
-        """Generate a summary per row; columns: dialogue, prediction (+ references when the rows have them)."""
-        from tunelab.inference.engine import GenerationEngine
-
-        engine = GenerationEngine(model, tokenizer, generation or self.config.generation)
-        prompts = [self.generation_prompt(row, tokenizer) for _, row in frame.iterrows()]
-        result = pd.DataFrame({"dialogue": frame["dialogue"].astype(str).tolist(), "prediction": engine.generate(prompts)},
-                              index=frame.index)
-        if self.fields_present(frame):
-            result["references"] = [self.references(row) for _, row in frame.iterrows()]
-        return result, engine.stats
-
-    def score_predictions(self, predictions: pd.DataFrame) -> dict[str, float]:
-        """Mean best-reference ROUGE F1 over rows (see tunelab.metrics.rouge); adds per-row scores in place."""
-        metric = self.rouge_metric()
-        each = metric.score_each(predictions["prediction"].tolist(), predictions["references"].tolist())
-        for key in metric.rouge_types:
-            predictions[key] = [round(s[key], 4) for s in each]
-        from tunelab.metrics.rouge import mean_scores
-
-        return mean_scores(each, metric.rouge_types)
-
-    def predict(self, model, tokenizer, frame):
-        return self.generate_predictions(model, tokenizer, frame)[0]
-
-    def evaluate(self, model, tokenizer, frame):
-        if frame.empty or not self.fields_present(frame):
-            return {}
-        if self.options.eval_max_rows:
-            frame = frame.iloc[: self.options.eval_max_rows]
-        predictions, stats = self.generate_predictions(model, tokenizer, frame)
-        metrics = self.score_predictions(predictions)
-        metrics["rouge_rows"] = len(frame)
-        metrics["generation_tokens_per_second"] = round(stats.tokens_per_second, 2)
-        return metrics
+    def in_training_generation(self) -> tuple[int, int] | None:
+        every = self.options.eval_generation_every
+        return (every, self.options.eval_generation_samples) if every else None
 
     def metric_for_best_model(self) -> tuple[str, bool]:
         return ("rougeL", True) if self.options.eval_generation_every else ("loss", False)
-
-    def callbacks(self, tokenizer, eval_frame):
-        if not self.options.eval_generation_every or eval_frame is None or eval_frame.empty:
-            return []
-        from tunelab.training.generation_eval import GenerationEvalCallback
-
-        sample = eval_frame.iloc[: self.options.eval_generation_samples]
-        return [GenerationEvalCallback(self, tokenizer, sample, every=self.options.eval_generation_every)]
 
 
 def _row_number(row: pd.Series) -> str:

@@ -22,13 +22,7 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
     if t.use_liger_kernel and not hardware.is_cuda:
         raise UserError("train.use_liger_kernel needs a CUDA GPU; none is visible on this machine")
     use_liger = t.use_liger_kernel if t.use_liger_kernel is not None else (hardware.is_cuda and _installed("liger_kernel"))
-    # Evaluate and save on the same schedule so the best checkpoint can be kept.
-    if t.eval_steps:
-        strategy, every = "steps", t.eval_steps
-    elif t.save_steps:
-        strategy, every = "steps", t.save_steps
-    else:
-        strategy, every = "epoch", None
+    strategy, eval_every, save_every = _schedule(t.eval_steps, t.save_steps, has_eval)
     metric, greater = task.metric_for_best_model()
     return TrainingArguments(
         output_dir=str(run.checkpoints),
@@ -50,9 +44,9 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
         logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy=strategy if has_eval else "no",
-        eval_steps=every if has_eval else None,
+        eval_steps=eval_every if has_eval else None,
         save_strategy=strategy,
-        save_steps=every,
+        save_steps=save_every,
         save_total_limit=t.save_total_limit,
         load_best_model_at_end=has_eval,
         metric_for_best_model=metric if has_eval else None,
@@ -64,6 +58,26 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+def _schedule(eval_steps: int | None, save_steps: int | None, has_eval: bool) -> tuple[str, int | None, int | None]:
+    """(strategy, eval every, save every). Each unset value follows the other; neither set: once per epoch.
+
+    With eval data the best checkpoint is kept (`load_best_model_at_end`), which needs a save at an
+    evaluated step: transformers requires save_steps to be a multiple of eval_steps. Conflicting
+    values are the user's to resolve, never silently replaced.
+    """
+    if not eval_steps and not save_steps:
+        return "epoch", None, None
+    eval_every = eval_steps or save_steps
+    save_every = save_steps or eval_steps
+    if has_eval and save_every % eval_every:
+        low = save_every // eval_every * eval_every
+        options = " or ".join(f"save_steps: {n}" for n in (low, low + eval_every) if n > 0)
+        raise UserError(f"train.save_steps ({save_every}) must be a multiple of train.eval_steps ({eval_every}): "
+                        f"the best checkpoint is chosen among evaluated steps, so every save needs an evaluation. "
+                        f"Use e.g. {options}, or eval_steps: {save_every}")
+    return "steps", eval_every, save_every
 
 
 def _installed(module: str) -> bool:

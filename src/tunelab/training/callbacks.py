@@ -73,11 +73,11 @@ class TimeEstimateCallback(TrainerCallback):
 
 def memory_snapshot() -> dict:
     """Peak process RSS (and CUDA peak allocation) so far, in GB: memory monitoring in every history row."""
-    import resource
-
     import torch
 
-    snap = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)}
+    from tunelab.models.hardware import peak_rss_bytes
+
+    snap = {"peak_rss_gb": round(peak_rss_bytes() / 1024**3, 3)}
     if torch.cuda.is_available():
         snap["cuda_peak_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
     return snap

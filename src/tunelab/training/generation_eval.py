@@ -20,9 +20,12 @@ from __future__ import annotations
 import pandas as pd
 from transformers import TrainerCallback
 
+from tunelab.inference.predict import generate_rows
+
 
 class GenerationEvalCallback(TrainerCallback):
-    """Generate for `frame` with `task.generate_predictions` and add `<prefix>_<metric>` to the eval metrics."""
+    """Generate for `frame` (inference.predict.generate_rows), score with `task.score_predictions`, and add
+    `<prefix>_<metric>` to the eval metrics."""
 
     def __init__(self, task, tokenizer, frame: pd.DataFrame, every: int):
         self.task = task
@@ -43,7 +46,7 @@ class GenerationEvalCallback(TrainerCallback):
             return control
         was_training = model.training
         try:
-            predictions, stats = self.task.generate_predictions(model, self.tokenizer, self.frame)
+            predictions, stats = generate_rows(self.task, model, self.tokenizer, self.frame)
         finally:
             model.train(was_training)
         scores = self.task.score_predictions(predictions)

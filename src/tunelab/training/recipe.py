@@ -1,7 +1,8 @@
 """The training recipe, top to bottom. Task-agnostic: the task plug-in answers every task question.
 
 config -> run dir -> data (read, validate, split) -> task (fit, encode) -> model (load, LoRA)
--> Trainer (train, evaluate before/after) -> final model + metrics.json + plots.
+-> Trainer (train, evaluate before/after) -> final model + task metrics from real predictions
+-> metrics.json, eval_predictions.jsonl, plots.
 """
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.config import RunConfig, load_config, save_config
-from tunelab.data.pipeline import check_lengths, load_splits
+from tunelab.data.pipeline import load_splits
 from tunelab.errors import UserError
 from tunelab.io import atomic_path, atomic_write_json
-from tunelab.models.loading import check_head
 from tunelab.models import apply_lora, detect_hardware, load_model, load_tokenizer, trainable_summary
+from tunelab.models.loading import check_head, predict_dtype
 from tunelab.tasks import get_task
+from tunelab.tasks.base import GenerativeTask
 from tunelab.training.callbacks import HistoryCallback, ProgressCallback, TimeEstimateCallback, plot_history
 from tunelab.training.rundir import RunDir
 
@@ -45,17 +47,18 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
 
     check_head(config.model, task.head)  # an encoder cannot generate: say so before any data work
 
-    # 2. Data: read, validate, filter, split; report every dropped row.
+    # 2. Data: read, validate, filter, split, length check; report every dropped row.
     tokenizer = load_tokenizer(config.model)
-    splits = load_splits(config, task)
+    splits = load_splits(config, task, tokenizer)
     max_length = config.train.max_length
-    splits.train = check_lengths(splits.train, task, tokenizer, max_length, splits.reports[0], config.data.overlong, "train")
-    if not splits.eval.empty:
-        splits.eval = check_lengths(splits.eval, task, tokenizer, max_length, splits.reports[-1], config.data.overlong, "eval")
     for report in splits.reports:
         for line in report.lines():
             echo(line)
     echo(f"split: {len(splits.train)} train / {len(splits.eval)} eval rows")
+    held_out = {"source": config.data.eval_path or config.data.train_path, "rows": splits.eval_rows()}
+    if resume and run.read_eval_rows() not in (None, held_out):
+        raise UserError(f"--resume: the held-out rows of {held_out['source']} differ from the ones this run started "
+                        "with (the data file changed?); start a new run instead")
 
     # 3. Task: learn what it needs from train data, turn rows into examples.
     task.fit(splits.train)
@@ -64,12 +67,19 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
     if not train_examples:
         raise UserError(f"{config.data.train_path}: no trainable examples (all answers truncated away at "
                         f"max_length={max_length}?)")
+    # What the run predicts in is decided now and saved with it, so predictions reproduce the eval metrics.
+    config.model.predict_dtype = str(predict_dtype(config.model, hardware)).removeprefix("torch.")
     if is_main_process():
         save_config(config, run.config)
         atomic_write_json(run.task_state, task.state())
         atomic_write_json(run.data_report, [r.to_dict() for r in splits.reports])
+        atomic_write_json(run.eval_rows, held_out)
 
-    # 4. Model: the task's head, on the detected hardware, with LoRA unless full fine-tuning.
+    # 4. Model: the task's head, on the detected hardware, with LoRA unless full fine-tuning. Seeded first,
+    # so a fresh head and the LoRA matrices start the same in every process.
+    from transformers import set_seed
+
+    set_seed(config.train.seed)
     model = load_model(config.model, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer,
                        frozen_base=config.lora.enabled)
     if config.train.gradient_checkpointing:
@@ -91,11 +101,18 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
                  TimeEstimateCallback(config.train.estimate_steps, lambda per_step, remaining: echo(
                      f"estimated training time: {_minutes(per_step * remaining)} more "
                      f"({per_step:.2f} s/step measured over {config.train.estimate_steps} steps, {remaining} steps left)"))]
-    callbacks += task.callbacks(tokenizer, splits.eval)
+    schedule = task.in_training_generation() if isinstance(task, GenerativeTask) else None
+    if schedule and not splits.eval.empty:
+        from tunelab.training.generation_eval import GenerationEvalCallback
+
+        every, rows = schedule
+        callbacks.append(GenerationEvalCallback(task, tokenizer, splits.eval.iloc[:rows], every=every))
     trainer = TunelabTrainer(model=model, args=args, data_collator=task.collate(tokenizer),
                              train_dataset=train_examples, eval_dataset=eval_examples or None,
-                             processing_class=tokenizer, compute_metrics=task.trainer_metrics(),
-                             compute_loss_func=task.compute_loss, callbacks=callbacks)
+                             processing_class=tokenizer, compute_metrics=task.trainer_metrics(), callbacks=callbacks,
+                             matmul_precision=config.model.matmul_precision, cpu_threads=config.train.cpu_threads)
+    if trainer.cpu_threads is not None:
+        echo(f"cpu threads: {trainer.cpu_threads}   float32 matmul precision: {config.model.matmul_precision}")
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a compact line instead
     metrics: dict = {}
     if eval_examples and not resume:
@@ -124,8 +141,14 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
             trainer.save_model(str(tmp))
             tokenizer.save_pretrained(str(tmp))
     if not splits.eval.empty:
+        from tunelab.inference.predict import evaluate_rows
+
         model.eval()
-        metrics.update(task.evaluate(trainer.model, tokenizer, splits.eval))
+        scores, predictions = evaluate_rows(task, trainer.model, tokenizer, splits.eval)
+        metrics.update(scores)
+        if predictions is not None and is_main_process():
+            predictions.insert(0, "row", [int(i) + 1 for i in predictions.index])
+            task.write_predictions(predictions, run.eval_predictions, "jsonl")
     if is_main_process():
         atomic_write_json(run.metrics, metrics)
         plot_history(run)

@@ -2,9 +2,11 @@
 
     config.yaml        resolved config (what actually ran)
     task_state.json    what the task learned from data (labels, ...)
+    eval_rows.json     which data rows were held out (source file + 1-based row numbers)
     data_report.json   data-quality report per input file
     history.jsonl      one JSON object per logging/eval step
     metrics.json       final metrics, flat
+    eval_predictions.jsonl  the final model's predictions on the held-out rows, with per-row scores
     plots/loss.png     train/eval loss curves
     checkpoints/       Trainer checkpoints (resumable)
     final/             the trained adapter or full model + tokenizer
@@ -26,9 +28,11 @@ class RunDir:
 
     config = property(lambda self: self.path / "config.yaml")
     task_state = property(lambda self: self.path / "task_state.json")
+    eval_rows = property(lambda self: self.path / "eval_rows.json")
     data_report = property(lambda self: self.path / "data_report.json")
     history = property(lambda self: self.path / "history.jsonl")
     metrics = property(lambda self: self.path / "metrics.json")
+    eval_predictions = property(lambda self: self.path / "eval_predictions.jsonl")
     plots = property(lambda self: self.path / "plots")
     checkpoints = property(lambda self: self.path / "checkpoints")
     final = property(lambda self: self.path / "final")
@@ -56,6 +60,10 @@ class RunDir:
     def last_checkpoint_step(self) -> int | None:
         steps = [int(p.name.split("-")[1]) for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
         return max(steps) if steps else None
+
+    def read_eval_rows(self) -> dict | None:
+        """{"source": file, "rows": [1-based row numbers]} of the held-out split, or None (older runs)."""
+        return json.loads(self.eval_rows.read_text(encoding="utf-8")) if self.eval_rows.exists() else None
 
     def read_metrics(self) -> dict:
         return json.loads(self.metrics.read_text()) if self.metrics.exists() else {}

@@ -1,54 +1,122 @@
 """tunelab's Trainer: transformers' Trainer with the batching and loss tunelab uses by default.
 
 Three changes, each measured to pay on CPU (bench/README.md; GPU not yet measured), none changes the maths:
-- length-bucketed batches (`speed.LengthBucketSampler`) for any dataset whose examples have
+- length-bucketed batches (`sampler.LengthBucketSampler`) for any dataset whose examples have
   `input_ids`, so dynamic padding wastes little compute; deterministic per (seed, epoch), so
   resuming from a checkpoint replays the same batches;
 - for causal LMs with token labels, the LM head runs only on positions that carry a label
   (`logits_to_keep=<bool mask>`): prompt and padding tokens skip the vocab projection and
   the full fp32 logits tensor is never built. Where the head is a plain Linear on the backbone's last
   hidden state (checked once against the model's own logits), head and loss run fused per chunk
-  (`speed.linear_cross_entropy`), so not even the kept rows' logits outlive their chunk.
-  The loss equals transformers' own;
-- batches over a padded-token budget run as exact micro-batches (`speed.split_by_token_budget`),
+  (`losses.linear_cross_entropy`), so not even the kept rows' logits outlive their chunk.
+  The loss equals transformers' own. That choice is written into every checkpoint
+  (`tunelab_trainer.json`) and a resumed run takes it from there, so both halves run the same path;
+- batches over a padded-token budget run as exact micro-batches (`microbatch.split_by_token_budget`),
   so the longest bucket does not set peak memory.
 Anything else (custom `compute_loss_func`, label smoothing, Liger, metrics that need logits)
 takes transformers' plain path.
+
+The process-wide torch settings a run depends on (CPU threads, float32 matmul precision) are explicit
+arguments, applied only while `train`/`evaluate`/`predict` run and restored afterwards.
 """
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
+import json
+import logging
+import os
+from contextlib import ExitStack, contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 from transformers import Trainer
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from tunelab.training.speed import (
-    LengthBucketSampler, calibrate_cpu_threads, causal_lm_loss, example_lengths, kept_targets,
-    linear_cross_entropy, split_by_token_budget, supervised_positions, token_mean,
+from tunelab.io import atomic_write_json
+from tunelab.models.hardware import matmul_precision as matmul_precision_scope
+from tunelab.models.threads import choose_cpu_threads, cpu_threads as cpu_threads_scope
+from tunelab.training.losses import (
+    causal_lm_loss, kept_targets, linear_cross_entropy, supervised_positions, token_mean,
 )
+from tunelab.training.microbatch import split_by_token_budget
+from tunelab.training.sampler import LengthBucketSampler, example_lengths
+
+log = logging.getLogger(__name__)
 
 # Padded tokens per forward/backward pass; bigger batches run as exact micro-batches, capping memory.
 # CPU: fp32 activations cost ~3.9 MB/token for SmolLM2-135M, so 1024 keeps a LoRA run near 4-5 GB.
 DEFAULT_TOKEN_BUDGET = {"cpu": 1024, "cuda": 16384}
 
+CHECKPOINT_CHOICES = "tunelab_trainer.json"
+"""Per checkpoint: the runtime choices a resumed run must repeat ({"fused_head_loss": true|false|null})."""
+
 
 class TunelabTrainer(Trainer):
+    """`matmul_precision`: torch float32 matmul precision while it runs (`model.matmul_precision`; None = as is).
+    `cpu_threads`: intra-op threads while it runs (`train.cpu_threads`); None = on CPU, chosen by
+    `models.threads.choose_cpu_threads` (env, else measured). The count used is `self.cpu_threads`."""
+
     def __init__(self, *args, length_bucketing: bool = True, selective_logits: bool = True,
-                 fused_head_loss: bool = True, token_budget: int | str | None = "auto", **kwargs):
+                 fused_head_loss: bool = True, token_budget: int | str | None = "auto",
+                 matmul_precision: str | None = None, cpu_threads: int | None = None, **kwargs):
         self.length_bucketing = length_bucketing
         self.selective_logits = selective_logits
         self.fused_head_loss = fused_head_loss
         self._fused_heads: dict[int, tuple | None] = {}
+        self._fused_decision: bool | None = None  # the last decision made; written into checkpoints
+        self._resumed_fused: bool | None = None  # the decision read back from the checkpoint resumed from
         self.token_budget = token_budget
         self._loss_only_prediction = False
         super().__init__(*args, **kwargs)
         if self.token_budget == "auto":
             self.token_budget = DEFAULT_TOKEN_BUDGET.get(self.args.device.type)
-        if self.args.device.type == "cpu":
-            calibrate_cpu_threads()
+        self.matmul_precision = matmul_precision
+        self.cpu_threads: int | None = None
+        if cpu_threads is not None or self.args.device.type == "cpu":
+            self.cpu_threads, source = choose_cpu_threads(cpu_threads)
+            log.info("CPU threads: %d (%s)", self.cpu_threads, source)
+        if matmul_precision is not None:
+            log.info("float32 matmul precision: %s", matmul_precision)
         self._model_keeps_logits = _accepts_logits_to_keep(self.model)
+
+    # -- process-wide torch settings, scoped to the work that uses them -----------------------
+    @contextmanager
+    def _torch_settings(self):
+        with ExitStack() as stack:
+            stack.enter_context(matmul_precision_scope(self.matmul_precision))
+            stack.enter_context(cpu_threads_scope(self.cpu_threads))
+            yield
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint:
+            checkpoint = (get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True
+                          else resume_from_checkpoint)
+            if checkpoint is not None:  # None: transformers raises its own "no valid checkpoint" error
+                self._restore_choices(checkpoint)
+        with self._torch_settings():
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._torch_settings():
+            return super().predict(*args, **kwargs)
+
+    # -- checkpoints carry the runtime choices, so a resumed run repeats them ------------------
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            if folder.is_dir():
+                atomic_write_json(folder / CHECKPOINT_CHOICES, {"fused_head_loss": self._fused_decision})
+
+    def _restore_choices(self, checkpoint: str | os.PathLike) -> None:
+        path = Path(checkpoint) / CHECKPOINT_CHOICES
+        if not path.is_file():
+            return  # a checkpoint from before this file existed: decide afresh
+        self._resumed_fused = json.loads(path.read_text(encoding="utf-8")).get("fused_head_loss")
+        if self._resumed_fused is not None:
+            self._fused_heads.clear()  # the checkpoint's decision wins over one made before train()
+            self._fused_decision = self._resumed_fused
 
     # -- batching -----------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -142,20 +210,31 @@ class TunelabTrainer(Trainer):
     def _fused_head(self, model, inputs, keep):
         """(backbone, lm_head) when head + loss may run fused for this model, else None. Decided once per model:
         the model must be unwrapped (DDP/FSDP/DeepSpeed hooks live in the wrapper's forward), its head a plain
-        Linear, and head(backbone(x)) must equal the model's own logits (no softcapping or logit scaling)."""
+        Linear, and head(backbone(x)) must equal the model's own logits (no softcapping or logit scaling).
+        After a resume the checkpoint's decision is taken as is: re-checking on another batch with other
+        weights could come out differently and switch paths halfway through a run."""
         if not self.fused_head_loss or self.accelerator.unwrap_model(model) is not model:
             return None
-        if id(model) not in self._fused_heads and not keep.any():
-            return None  # nothing to compare on; decide on a batch with labels
         if id(model) not in self._fused_heads:
-            self._fused_heads[id(model)] = _verified_backbone_and_head(model, inputs, keep)
+            if self._resumed_fused is not None:
+                choice = _backbone_and_head(model) if self._resumed_fused else None
+                if self._resumed_fused and choice is None:
+                    log.warning("the checkpoint ran the fused LM head + loss, but this model's head cannot; "
+                                "continuing unfused (losses may differ slightly from the first half of the run)")
+            elif not keep.any():
+                return None  # nothing to compare on; decide on a batch with labels
+            else:
+                choice = _verified_backbone_and_head(model, inputs, keep)
+            self._fused_heads[id(model)] = choice
+            self._fused_decision = choice is not None
         return self._fused_heads[id(model)]
 
     # -- evaluation -------------------------------------------------------------------
     def evaluate(self, *args, **kwargs):
         # Callbacks may add metrics in `on_evaluate` (e.g. ROUGE from generations, training/generation_eval.py)
         # after Trainer.evaluate has logged; log those keys too so they reach history.jsonl and trainer_state.json.
-        metrics = super().evaluate(*args, **kwargs)
+        with self._torch_settings():
+            metrics = super().evaluate(*args, **kwargs)
         logged = self.state.log_history[-1] if self.state.log_history else {}
         added = {k: v for k, v in metrics.items() if k not in logged and isinstance(v, (int, float))}
         if added:
@@ -185,8 +264,9 @@ def _accepts_logits_to_keep(model) -> bool:
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
-def _verified_backbone_and_head(model, inputs, keep):
-    """(backbone, head) if the causal LM's logits are exactly `head(backbone(...).last_hidden_state)`, else None."""
+def _backbone_and_head(model):
+    """(backbone, head) when the model is built like `head(backbone(...).last_hidden_state)` with a plain
+    Linear head and no known logit transform, else None. Structure only; see `_verified_backbone_and_head`."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
@@ -194,7 +274,16 @@ def _verified_backbone_and_head(model, inputs, keep):
         return None
     config = getattr(inner, "config", None)
     if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
-        return None  # the check below would catch these too, unless logits happen to be small
+        return None  # the numeric check would catch these too, unless logits happen to be small
+    return backbone, head
+
+
+def _verified_backbone_and_head(model, inputs, keep):
+    """(backbone, head) if the causal LM's logits are exactly `head(backbone(...).last_hidden_state)`, else None."""
+    parts = _backbone_and_head(model)
+    if parts is None:
+        return None
+    backbone, head = parts
     rows = keep.any(1).nonzero().flatten()[:2]  # two rows with labels are enough to compare
     sample = {k: v[rows] if torch.is_tensor(v) and v.shape[:1] == keep.shape[:1] else v for k, v in inputs.items()}
     was_training = model.training

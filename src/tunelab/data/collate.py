@@ -1,9 +1,10 @@
-"""Batch collators: dynamic padding to the longest example in the batch."""
+"""Batch collators: dynamic padding to the longest example in the batch. A leaf: tasks and training both use it."""
 from __future__ import annotations
 
 import torch
 
-from tunelab.tasks.formatting import IGNORE_INDEX
+IGNORE_INDEX = -100
+"""Label value the loss skips (PyTorch's cross-entropy default `ignore_index`)."""
 
 
 class CausalLMCollator:

@@ -1,4 +1,5 @@
-"""Batched class-probability inference for sequence-classification heads.
+"""Batched class-probability inference for sequence-classification heads (a model-level helper that
+classification tasks call; generation lives in tunelab.inference).
 
 Examples are sorted by length so each padded batch wastes little compute;
 probabilities come back in the caller's order, in float64.
@@ -30,11 +31,3 @@ def predict_probabilities(model, examples: list[dict], collate: Callable[[list[d
     if not examples:
         return np.zeros((0, model.config.num_labels))
     return softmax(np.stack(logits))
-
-
-def logits_of(eval_prediction) -> np.ndarray:
-    """The logits array from a Trainer EvalPrediction (some models return a tuple)."""
-    predictions = eval_prediction.predictions
-    if isinstance(predictions, (tuple, list)):
-        predictions = predictions[0]
-    return np.asarray(predictions)

@@ -1,0 +1,154 @@
+"""The Python API under every front end: saved held-out split, test mode, capabilities, ensembles, exports,
+reproducibility, and the bf16 / fp32 paths forced on any CPU.
+
+Mechanics run on a tiny random Llama (built from a config, SmolLM2's real tokenizer) and the shipped real
+QA sample, so each run takes seconds; the real-model end-to-end runs are in test_sft_e2e/test_classify.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import tunelab
+from tunelab.config import build_config
+from tunelab.errors import UserError
+from tunelab.resources import resource_path
+
+QA = resource_path("qa_en_instructions.csv")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, smollm_tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(smollm_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=smollm_tokenizer.pad_token_id,
+        bos_token_id=smollm_tokenizer.bos_token_id, eos_token_id=smollm_tokenizer.eos_token_id))
+    model.save_pretrained(folder)
+    smollm_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _sft_config(model_dir, out, data=QA, **train):
+    return build_config({
+        "task": {"name": "sft"},
+        "model": {"name_or_path": str(model_dir), "dtype": train.pop("dtype", "auto")},
+        "data": {"train_path": str(data), "max_rows": 40, "eval_fraction": 0.25, "seed": 3},
+        "lora": {"r": 4, "alpha": 8},
+        "train": {"preset": "fast", "max_steps": 3, "batch_size": 4, "max_length": 128, "learning_rate": 1e-3,
+                  "output_dir": str(out), "logging_steps": 1, "estimate_steps": 0, **train},
+        "generation": {"max_new_tokens": 4, "batch_size": 8},
+    })
+
+
+def test_held_out_rows_are_the_rows_training_evaluated_even_after_a_row_is_dropped(tiny_llama, tmp_path):
+    data = pd.read_csv(QA).iloc[:40]
+    data.loc[2, "answer"] = "  "  # dropped by cleaning: every later row's position shifts, its row number must not
+    data.to_csv(tmp_path / "qa.csv", index=False)
+    result = tunelab.train(_sft_config(tiny_llama, tmp_path / "run", data=tmp_path / "qa.csv"))
+    saved = json.loads((result.run_dir / "eval_rows.json").read_text())
+    assert saved["source"] == str(tmp_path / "qa.csv") and 3 not in saved["rows"] and len(saved["rows"]) >= 5
+    held_out = tunelab.held_out_rows(result.run_dir)
+    assert [int(i) + 1 for i in held_out.index] == saved["rows"]
+    # The held-out questions are the file's rows with those numbers, and none of them was trained on.
+    assert held_out["question"].tolist() == [data.loc[r - 1, "question"] for r in saved["rows"]]
+    report = json.loads((result.run_dir / "data_report.json").read_text())[0]
+    assert report["empty"] == 1 and report["rows_used"] == 39 - len(saved["rows"])
+
+    run = tunelab.load(result.run_dir)
+    test = tunelab.run_test_mode(run, per_category=1, max_new_tokens=4)
+    assert set(test.answers["question"]) <= set(held_out["question"]) and len(test.answers) >= 1
+    assert (result.run_dir / "test_answers.json").exists()
+
+
+def test_a_front_end_asks_capabilities_and_gets_a_clean_error(tiny_llama, tmp_path):
+    from tunelab.tasks import get_task
+    from tunelab.tasks.base import GenerativeTask, ProbabilisticTask, require_capability
+
+    assert get_task("sft").capabilities() == ("generative",)
+    assert get_task("summarize").capabilities() == ("generative",)
+    assert get_task("classify").capabilities() == ("probabilistic",)
+    assert get_task("preference").capabilities() == ("probabilistic",)
+    sft = get_task("sft")(build_config({"task": "sft"}))
+    with pytest.raises(UserError, match="ensembl.*needs a probabilistic task.*`sft` is generative"):
+        require_capability(sft, ProbabilisticTask, "ensembling")
+    assert require_capability(sft, GenerativeTask, "chat") is sft
+
+
+def test_ensemble_weights_are_checked():
+    from tunelab.api import normalise_weights
+
+    assert normalise_weights(None, 4) == [0.25] * 4
+    assert normalise_weights([3, 1], 2) == [0.75, 0.25]
+    with pytest.raises(UserError, match="2 values for 3 runs"):
+        normalise_weights([1, 1], 3)
+    with pytest.raises(UserError, match="non-negative"):
+        normalise_weights([1, -1], 2)
+    with pytest.raises(UserError, match="at least two runs"):
+        tunelab.ensemble(["only-one"], "data.csv")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_training_and_reload_in_each_precision(tiny_llama, tmp_path, dtype):
+    """The bf16 paths (autocast, a frozen bf16 base under LoRA) run on every CPU when forced, slow but correct;
+    fp32 is forced too, so a bf16 CPU covers the paths an AVX2-only CPU takes by default."""
+    import torch
+
+    result = tunelab.train(_sft_config(tiny_llama, tmp_path / "run", dtype=dtype))
+    m = result.metrics
+    assert m["eval_loss"] < m["eval_before_loss"]
+    saved = tunelab.load_config(result.run_dir / "config.yaml")
+    assert saved.model.dtype == dtype and saved.model.predict_dtype == "float32"  # resolved, explicit, saved
+    run = tunelab.load(result.run_dir)
+    assert next(run.model.parameters()).dtype == torch.float32
+    answers = run.predict(tunelab.held_out_rows(run).iloc[:2])
+    assert len(answers) == 2 and "prediction" in answers
+
+
+def test_same_seed_gives_the_same_numbers_in_separate_processes(tiny_llama, tmp_path):
+    code = ("import json, sys, tunelab\n"
+            "from tunelab.config import build_config\n"
+            "cfg = build_config(json.loads(sys.argv[1]))\n"
+            "print('EVAL', repr(tunelab.train(cfg, echo=lambda *_: None).metrics['eval_loss']))\n")
+    losses = []
+    for i in range(2):
+        raw = _sft_config(tiny_llama, tmp_path / f"run{i}").model_dump(mode="json")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNELAB_THREADS": "2"}
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(raw)], capture_output=True, text=True,
+                             timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        losses.append(float(out.stdout.split("EVAL")[-1]))
+    assert losses[0] == losses[1]
+
+
+def test_load_never_turns_on_remote_code_from_the_run_config(tiny_llama, tmp_path, caplog):
+    result = tunelab.train(_sft_config(tiny_llama, tmp_path / "run", max_steps=1))
+    config_file = result.run_dir / "config.yaml"
+    config_file.write_text(config_file.read_text().replace("trust_remote_code: false", "trust_remote_code: true"))
+    run = tunelab.load(result.run_dir)
+    assert run.config.model.trust_remote_code is False
+    assert "trust_remote_code" in caplog.text
+    assert tunelab.load(result.run_dir, trust_remote_code=True).config.model.trust_remote_code is True
+
+
+def test_batched_generation_equals_one_prompt_at_a_time(smollm_tokenizer):
+    """Real SmolLM2, greedy: left-padded batches must not change what each prompt generates."""
+    from tunelab.inference.engine import GenerationEngine
+
+    run = tunelab.load_base("smollm2-135m-instruct")
+    questions = ["What is the capital of France?", "Name three primary colors.",
+                 "Write one sentence about the sea, please, in simple words.", "2 + 2 ="]
+    prompts = [smollm_tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                    add_generation_prompt=True) for q in questions]
+    config = run.config.generation.model_copy(update={"max_new_tokens": 12, "do_sample": False, "batch_size": 4})
+    batched = GenerationEngine(run.model, run.tokenizer, config).generate(prompts)
+    single = [GenerationEngine(run.model, run.tokenizer, config).generate([p])[0] for p in prompts]
+    assert batched == single
+    assert all(text.strip() for text in batched)
