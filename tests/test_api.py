@@ -152,3 +152,21 @@ def test_batched_generation_equals_one_prompt_at_a_time(smollm_tokenizer):
     single = [GenerationEngine(run.model, run.tokenizer, config).generate([p])[0] for p in prompts]
     assert batched == single
     assert all(text.strip() for text in batched)
+
+
+@pytest.mark.e2e
+def test_loading_a_lora_classifier_prints_no_missing_head_report(shared_data, tmp_path, capfd):
+    """The fresh head's "MISSING / newly initialized" report is noise when the adapter restores the trained head."""
+    rows = pd.read_csv(shared_data / "classification_banking77" / "train.csv").groupby("category").head(1).iloc[:40]
+    rows.to_csv(tmp_path / "train.csv", index=False)
+    result = tunelab.train(build_config({
+        "task": {"name": "classify"}, "model": {"name_or_path": "all-minilm-l6-v2"},
+        "data": {"train_path": str(tmp_path / "train.csv"), "columns": {"label": "category"}, "eval_fraction": 0},
+        "lora": {"r": 4}, "train": {"max_steps": 1, "batch_size": 8, "max_length": 32,
+                                    "output_dir": str(tmp_path / "run"), "estimate_steps": 0},
+    }))
+    capfd.readouterr()
+    run = tunelab.load(result.run_dir)
+    captured = capfd.readouterr()
+    assert "MISSING" not in captured.err + captured.out
+    assert run.task.classes == sorted(rows["category"].unique())

@@ -99,7 +99,13 @@ def test_quantization_without_cuda(cli, tmp_path, write, monkeypatch):
 
 def test_resume_without_checkpoint(cli, tmp_path, write):
     code, out, _ = run_train(cli, tmp_path, write, "question,answer\nq,a\n", extra=("--resume",))
-    assert_clean_error(code, out, "--resume", "no checkpoint")
+    assert_clean_error(code, out, "--resume", "run", "does not exist")
+    # A run that stopped before its first checkpoint: nothing to resume, and it says how to start again.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(SFT_YAML.format(data=tmp_path / "d.csv", out=tmp_path / "run"))
+    (tmp_path / "run" / "checkpoints" / "checkpoint-1").mkdir(parents=True)  # torn while saving
+    code, out, _ = cli("train", tmp_path / "c.yaml", "--resume")
+    assert_clean_error(code, out, "--resume", "no complete checkpoint", "without --resume")
 
 
 def test_unknown_category_filter(cli, tmp_path, write):

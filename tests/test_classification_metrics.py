@@ -59,3 +59,39 @@ def test_softmax_and_majority_baseline():
 def test_pearson():
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+
+
+def test_temperature_scaling_lowers_the_log_loss_of_overconfident_logits():
+    from tunelab.metrics.classification import apply_temperature, fit_temperature
+
+    rng = np.random.default_rng(0)
+    n, k = 400, 5
+    y = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), y] += 1.5  # informative,
+    logits *= 6.0                   # but far too confident
+    probs = softmax(logits)
+    t = fit_temperature(y, probs)
+    assert t > 2.0
+    calibrated = apply_temperature(probs, t)
+    assert log_loss(y, calibrated) < log_loss(y, probs) - 0.5
+    assert (calibrated.argmax(1) == probs.argmax(1)).all()  # the ranking never changes
+    np.testing.assert_allclose(calibrated, softmax(logits / t), atol=1e-9)  # = scaling the logits
+    np.testing.assert_array_equal(apply_temperature(probs, 1.0), probs)    # T = 1 is a no-op
+
+
+def test_temperature_is_one_when_scaling_cannot_help():
+    from tunelab.metrics.classification import fit_temperature
+
+    y = np.array([0, 1, 0, 1])
+    assert fit_temperature(y, np.full((4, 2), 0.5)) == 1.0  # uniform predictions: every T gives ln 2
+
+
+def test_prediction_spread_flags_constant_predictions():
+    from tunelab.metrics.classification import prediction_spread
+
+    constant = np.tile([0.5, 0.3, 0.1, 0.1], (50, 1))
+    s = prediction_spread(constant, 3)
+    assert s["distinct_top1"] == 1 and s["top_k_mode_share"] == 1.0 and s["prob_std"] < 1e-12
+    varied = softmax(np.random.default_rng(1).normal(0, 3, (50, 4)))
+    assert prediction_spread(varied, 3)["distinct_top1"] == 4

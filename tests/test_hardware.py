@@ -164,3 +164,22 @@ def test_peak_rss_is_in_bytes_on_every_platform(monkeypatch, platform, ru_maxrss
     monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=ru_maxrss))
     assert peak_rss_bytes() == 3 * 1024**3  # KiB on Linux, bytes on macOS
     assert memory_snapshot()["peak_rss_gb"] == 3.0
+
+
+def test_cpu_bf16_detection_can_be_overridden(monkeypatch):
+    from tunelab.config.schema import ModelConfig
+    from tunelab.errors import UserError
+    from tunelab.models.hardware import cpu_has_fast_bf16, detect_hardware
+
+    try:
+        for value, dtype in (("0", torch.float32), ("1", torch.bfloat16)):
+            monkeypatch.setenv("TUNELAB_CPU_BF16", value)
+            cpu_has_fast_bf16.cache_clear()
+            assert detect_hardware(ModelConfig(device="cpu")).dtype == dtype
+        monkeypatch.setenv("TUNELAB_CPU_BF16", "yes")
+        cpu_has_fast_bf16.cache_clear()
+        with pytest.raises(UserError, match="TUNELAB_CPU_BF16"):
+            cpu_has_fast_bf16()
+    finally:
+        monkeypatch.delenv("TUNELAB_CPU_BF16")
+        cpu_has_fast_bf16.cache_clear()

@@ -98,6 +98,48 @@ def test_bad_winner_columns_name_the_row():
         _task().prepare(frame, "train")
 
 
+def _pairs(labels) -> pd.DataFrame:
+    n = len(labels)
+    return pd.DataFrame({"prompt": ["which?"] * n, "response_a": [f"answer a{i}" for i in range(n)],
+                         "response_b": [f"answer b{i}" for i in range(n)], "label": list(labels)})
+
+
+def test_two_way_model_never_predicts_a_tie_as_zero_and_tie_log_loss_is_finite(tmp_path):
+    """A 2-way model (training without ties) once wrote winner_tie = 0 exactly: any tie in the test data
+    made the arena log loss infinite. Now a tie gets task.tie_probability, a and b scaled by (1 - it)."""
+    task = _task()
+    task.fit(_pairs([0, 1, 0, 1]))
+    assert task.classes == ["winner_model_a", "winner_model_b"]
+    test = _pairs([0, 1, 2])  # the last test pair is a tie
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]])
+    predictions = task.predictions_frame(test, probs)
+    full = predictions[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
+    np.testing.assert_allclose(full[:, 2], 1e-3)
+    np.testing.assert_allclose(full.sum(axis=1), 1.0)
+    np.testing.assert_allclose(full[:, 0] / full[:, 1], probs[:, 0] / probs[:, 1])
+    sub = pd.read_csv(task.write_predictions(predictions, tmp_path / "submission.csv"))
+    written = sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
+    with np.errstate(divide="ignore"):
+        strict = -np.mean(np.log(written[np.arange(3), [0, 1, 2]]))  # unclipped, as a strict scorer computes it
+    assert np.isfinite(strict) and strict < 3.0
+    scores = task.score_probabilities(test, probs)  # evaluating on data with a tie works and is finite too
+    assert np.isfinite(scores["log_loss"]) and scores["log_loss"] == pytest.approx(strict, abs=1e-6)
+    assert np.isfinite(scores["prior_log_loss"])
+    custom = _task(tie_probability=0.05)
+    custom.fit(_pairs([0, 1]))
+    assert custom.predictions_frame(test, probs)["winner_tie"].tolist() == pytest.approx([0.05] * 3)
+
+
+def test_three_classes_requested_without_ties_is_one_clear_error():
+    with pytest.raises(UserError, match=r"task.num_classes is 3 but none of the 4 training pairs is a tie"):
+        _task(num_classes=3).fit(_pairs([0, 1, 0, 1]))
+    with pytest.raises(UserError, match=r"task.num_classes is 2 but the training data has 1 ties"):
+        _task(num_classes=2).fit(_pairs([0, 1, 2]))
+    three = _task(num_classes=3)
+    three.fit(_pairs([0, 1, 2]))
+    assert three.classes == ["winner_model_a", "winner_model_b", "winner_tie"]
+
+
 class _KeywordJudge(torch.nn.Module):
     """Prefers the response that contains `good`, and has a strong bias for position A."""
 

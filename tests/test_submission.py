@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from tunelab.errors import UserError
-from tunelab.io.submission import check_submission, write_arena_submission, write_map_submission
+from tunelab.io.submission import (
+    MIN_PROBABILITY, TIE_PROBABILITY, check_submission, write_arena_submission, write_map_submission,
+)
 
 
 def _write(tmp_path, text, name="sub.csv"):
@@ -23,9 +25,11 @@ def test_arena_writer_output_is_valid_and_normalised(tmp_path):
     assert values == pytest.approx([0.25, 0.25, 0.5])
 
 
-def test_arena_writer_two_way_gets_zero_tie_and_rejects_nan(tmp_path):
+def test_arena_writer_two_way_gets_a_tie_floor_and_rejects_nan(tmp_path):
     path = write_arena_submission(["a"], np.array([[0.4, 0.6]]), tmp_path / "s.csv")
-    assert path.read_text().splitlines()[1].endswith(",0.0000000000")
+    a, b, tie = (float(v) for v in path.read_text().splitlines()[1].split(",")[1:])
+    assert tie == pytest.approx(TIE_PROBABILITY) and a + b + tie == pytest.approx(1.0, abs=1e-9)
+    assert a / b == pytest.approx(0.4 / 0.6)  # a and b scaled alike
     with pytest.raises(UserError, match="NaN"):
         write_arena_submission(["a"], np.array([[np.nan, 0.5, 0.5]]), tmp_path / "bad.csv")
     assert not (tmp_path / "bad.csv").exists()
@@ -70,6 +74,32 @@ def test_map_writer_and_checker(tmp_path):
     empty = _write(tmp_path, "row_id,Category:Misconception\n1,\n", "empty.csv")
     with pytest.raises(UserError, match="row 1: empty"):
         check_submission(empty, "map")
+
+
+def test_arena_log_loss_on_a_test_set_with_a_tie_is_finite(tmp_path):
+    """A 2-way model (no ties in training) once wrote winner_tie = 0: one tie in the test data made the
+    arena log loss infinite. Now every written probability is > 0."""
+    import pandas as pd
+
+    two_way = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    path = write_arena_submission([1, 2, 3], two_way, tmp_path / "s.csv")
+    written = pd.read_csv(path)[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()
+    truth = np.array([0, 1, 2])  # the last test row is a tie
+    with np.errstate(divide="ignore"):
+        loss = -np.mean(np.log(written[np.arange(3), truth]))  # no clipping: what a strict scorer computes
+    assert np.isfinite(loss) and loss < 3.0
+    # A 3-way model's probability that underflows to 0 is floored as well (and rows still sum to 1).
+    path = write_arena_submission([1], np.array([[1.0, 0.0, 0.0]]), tmp_path / "three.csv")
+    row = pd.read_csv(path).iloc[0, 1:].to_numpy(dtype=float)
+    assert row.min() >= MIN_PROBABILITY * 0.99 and row.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_map_writer_refuses_a_label_with_a_space_by_name(tmp_path):
+    with pytest.raises(UserError, match=r"label `card arrival` contains a space.*card_arrival"):
+        write_map_submission([1], [["lost_card", "card arrival"]], tmp_path / "m.csv")
+    with pytest.raises(UserError, match=r"label `card arrival` contains a space"):  # a joined string is one label
+        write_map_submission([1], ["card arrival"], tmp_path / "m.csv")
+    assert not (tmp_path / "m.csv").exists()
 
 
 def test_cli_submission_check_exit_codes(tmp_path):

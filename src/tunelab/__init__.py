@@ -10,7 +10,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 _API = ("train", "load", "load_base", "load_target", "held_out_rows", "ensemble", "export_bundle", "run_test_mode",
         "check_submission_file")
-__all__ = [*_API, "load_config", "build_config", "evaluate_generation", "UserError"]
+__all__ = [*_API, "load_config", "build_config", "evaluate_generation", "sweep", "UserError"]
 
 from tunelab.errors import UserError
 
@@ -24,6 +24,10 @@ def __getattr__(name: str):
         from tunelab import config
 
         return getattr(config, name)
+    if name == "sweep":
+        from tunelab.sweeps import sweep
+
+        return sweep
     if name == "evaluate_generation":
         from tunelab.evaluation import evaluate_generation
 

@@ -31,7 +31,7 @@ from tunelab.training.recipe import RunResult, train
 from tunelab.training.rundir import RunDir
 
 __all__ = ["train", "RunResult", "load", "load_base", "load_target", "LoadedRun", "held_out_rows", "ensemble",
-           "normalise_weights", "export_bundle", "check_submission_file", "run_test_mode", "TestReport"]
+           "normalise_weights", "check_prediction_output", "export_bundle", "check_submission_file", "run_test_mode", "TestReport"]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool
 
         quantized = config.model.load_in_4bit or config.model.load_in_8bit
         base = load_model(config.model, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer,
-                          for_training=False, dtype=None if quantized else torch.float32)
+                          for_training=False, dtype=None if quantized else torch.float32, head_restored_later=True)
         model = PeftModel.from_pretrained(base, str(run.final))
         if not quantized:  # merge in fp32: merging into a bf16 base rounds the update away
             model = model.merge_and_unload().to(dtype)
@@ -163,7 +163,7 @@ def held_out_rows(run: LoadedRun | str | Path) -> pd.DataFrame:
 
 
 def ensemble(run_dirs: list[str | Path], data: str | Path, weights: list[float] | None = None,
-             device: str | None = None) -> tuple[ProbabilisticTask, pd.DataFrame, Any]:
+             device: str | None = None, trust_remote_code: bool = False) -> tuple[ProbabilisticTask, pd.DataFrame, Any]:
     """Weighted average of several runs' class probabilities on `data`, aligned by class name.
 
     Returns (first run's task, its prepared frame, averaged probabilities in that task's class order)."""
@@ -176,7 +176,7 @@ def ensemble(run_dirs: list[str | Path], data: str | Path, weights: list[float] 
     weights = normalise_weights(weights, len(run_dirs))
     first_task, first_frame, total = None, None, None
     for run_dir, weight in zip(run_dirs, weights):
-        run = load(run_dir, device=device)
+        run = load(run_dir, device=device, trust_remote_code=trust_remote_code)
         task = require_capability(run.task, ProbabilisticTask, f"ensembling ({run_dir})")
         frame = run.read(data)
         probs = task.predict_proba(run.model, run.tokenizer, frame)
@@ -196,6 +196,18 @@ def ensemble(run_dirs: list[str | Path], data: str | Path, weights: list[float] 
         del run
         gc.collect()
     return first_task, first_frame, total
+
+
+def check_prediction_output(output: str | Path, overwrite: bool, data: str | Path, run_dirs: list[str | Path]) -> None:
+    """Refuse an existing `output` unless `overwrite`, and never let it replace the input data or a run's own
+    files, model or checkpoints (even with `overwrite`)."""
+    from tunelab.io import check_output_file
+    from tunelab.training.rundir import RUN_ENTRIES
+
+    run_dirs = [Path(d) for d in run_dirs]
+    files = [Path(data)] + [d / name for d in run_dirs for name in RUN_ENTRIES]
+    folders = [d / name for d in run_dirs for name in ("final", "checkpoints", "plots")]
+    check_output_file(output, overwrite, inputs=files, protected=folders)
 
 
 def normalise_weights(weights: list[float] | None, n: int) -> list[float]:
@@ -227,12 +239,22 @@ task: {task}   base model: {model}   exported from: {source}
 """
 
 
-def export_bundle(run_dir: str | Path, target: str | Path) -> Path:
-    """Write a folder that `tunelab.load` / `tunelab predict` can use offline: merged weights, tokenizer, config, state."""
+BUNDLE_MARKER = ".tunelab-bundle"
+BUNDLE_ENTRIES = frozenset({BUNDLE_MARKER, "final", "config.yaml", "task_state.json", "metrics.json", "README.md",
+                            "baseline.npz"})
+
+
+def export_bundle(run_dir: str | Path, target: str | Path, overwrite: bool = False,
+                  trust_remote_code: bool = False) -> Path:
+    """Write a folder that `tunelab.load` / `tunelab predict` can use offline: merged weights, tokenizer, config, state.
+
+    An existing `target` is replaced only with `overwrite` and only if it is a tunelab bundle (it holds the
+    `.tunelab-bundle` marker and nothing tunelab did not write); the new bundle is complete before it replaces it."""
     from tunelab.io import atomic_path, atomic_write_text
 
     target = Path(target)
-    run = load(run_dir)  # adapters are merged into the base weights on load
+    _check_bundle_target(Path(run_dir), target, overwrite)
+    run = load(run_dir, trust_remote_code=trust_remote_code)  # adapters are merged into the base weights on load
     source = RunDir(Path(run_dir))
     config = run.config.model_copy(deep=True)
     config.lora.enabled = False  # the weights in final/ already include the adapter
@@ -246,7 +268,40 @@ def export_bundle(run_dir: str | Path, target: str | Path) -> Path:
             shutil.copyfile(source.metrics, bundle.metrics)
         atomic_write_text(tmp / "README.md", BUNDLE_README.format(
             name=target.name, task=config.task.name, model=config.model.name_or_path, source=source.path))
+        if (source.path / "baseline.npz").exists():
+            shutil.copyfile(source.path / "baseline.npz", tmp / "baseline.npz")
+        atomic_write_text(tmp / BUNDLE_MARKER, json.dumps({"exported_from": str(source.path)}) + "\n")
     return target
+
+
+def _check_bundle_target(run_dir: Path, target: Path, overwrite: bool) -> None:
+    """Refuse (UserError) a bundle target that would replace or mix with anything tunelab did not write."""
+    if str(target).strip() in ("", ".", "..") or target.resolve() == Path.cwd().resolve() \
+            or target.resolve() in Path.cwd().resolve().parents:
+        raise UserError(f"--offline-bundle {target} is the current directory (or contains it); name a new folder, "
+                        "e.g. --offline-bundle bundle")
+    if run_dir.exists() and (target.resolve() == run_dir.resolve() or run_dir.resolve() in target.resolve().parents
+                             or target.resolve() in run_dir.resolve().parents):
+        raise UserError(f"--offline-bundle {target} overlaps the run {run_dir}; choose a folder outside it")
+    if not target.exists():
+        if target.parent.exists() and not target.parent.is_dir():
+            raise UserError(f"--offline-bundle {target}: {target.parent} is a file, not a folder")
+        return
+    if not target.is_dir():
+        raise UserError(f"--offline-bundle {target} is a file; name a new folder")
+    entries = sorted(p.name for p in target.iterdir())
+    if not entries:
+        return  # an empty folder made for the bundle
+    if not overwrite:
+        raise UserError(f"{target} exists; pass --overwrite to replace an earlier bundle there, or choose another "
+                        "--offline-bundle")
+    if BUNDLE_MARKER not in entries:
+        raise UserError(f"{target} is not a tunelab bundle (no {BUNDLE_MARKER}); --overwrite replaces only an "
+                        "earlier bundle, never another folder: choose a new --offline-bundle")
+    foreign = [name for name in entries if name not in BUNDLE_ENTRIES]
+    if foreign:
+        raise UserError(f"{target} holds files tunelab did not write ({', '.join(foreign[:5])}); move them out "
+                        "or choose another --offline-bundle")
 
 
 def check_submission_file(path: str | Path, fmt: str, test: str | Path | None = None, id_column: str | None = None):

@@ -35,7 +35,7 @@ def evaluate_generation(data: str | Path, run_dir: str | Path | None = None, *, 
                         task: str | None = None, config: str | Path | RunConfig | None = None,
                         output_dir: str | Path | None = None, max_rows: int | None = None,
                         generation: dict[str, Any] | None = None, device: str | None = None,
-                        echo: Callable[[str], None] = print) -> EvalResult:
+                        echo: Callable[[str], None] = print, trust_remote_code: bool = False) -> EvalResult:
     """Generate for every row of `data` and score against its references.
 
     Give `run_dir` (a finished run) or `model` (alias/folder, evaluated untrained with `task`'s prompts,
@@ -43,7 +43,7 @@ def evaluate_generation(data: str | Path, run_dir: str | Path | None = None, *, 
     `generation` overrides generation settings (max_new_tokens, temperature, top_p, repetition_penalty,
     do_sample, batch_size).
     """
-    loaded = _load(run_dir, model, task, config, device)
+    loaded = _load(run_dir, model, task, config, device, trust_remote_code)
     task_obj, cfg = loaded.task, loaded.config
     require_capability(task_obj, GenerativeTask, "`tunelab eval` (it scores generated text)")
     gen = _generation_config(cfg.generation, generation or {})
@@ -80,13 +80,13 @@ def evaluate_generation(data: str | Path, run_dir: str | Path | None = None, *, 
     return EvalResult(metrics=metrics, output_dir=out, predictions_path=Path(predictions_path), metrics_path=metrics_path)
 
 
-def _load(run_dir, model, task, config, device):
+def _load(run_dir, model, task, config, device, trust_remote_code=False):
     from tunelab import api
 
     if run_dir is not None:
         if model or config:
             raise UserError("give a run directory or --model/--config (a base model), not both")
-        loaded = api.load(run_dir, device=device)
+        loaded = api.load(run_dir, device=device, trust_remote_code=trust_remote_code)
         if task and task != loaded.config.task.name:
             raise UserError(f"{run_dir} is a `{loaded.config.task.name}` run, not `{task}`")
         return loaded

@@ -97,13 +97,13 @@ class SweepResult:
 
 # -- search space -------------------------------------------------------------------------------------------
 
-def _lookup(name: str) -> Param:
+def _lookup(name: str, where: str = "--param") -> Param:
     wanted = name.strip()
     for p in PARAMS.values():
         if wanted == p.name or wanted in p.aliases or wanted == p.key:
             return p
     known = [*PARAMS, *(a for p in PARAMS.values() for a in p.aliases), *(p.key for p in PARAMS.values())]
-    raise UserError(f"unknown sweep parameter `{wanted}`{did_you_mean(wanted, known)}; "
+    raise UserError(f"{where}: unknown sweep parameter `{wanted}`{did_you_mean(wanted, known)}; "
                     f"choose from {', '.join(PARAMS)}")
 
 
@@ -145,7 +145,7 @@ def parse_params(params: Iterable[str] | Mapping[str, Any] | None, where: str = 
     None or empty: the default space (learning_rate, epochs, lora_r, warmup_ratio). Errors are UserErrors
     naming the parameter (an unknown name gets a did-you-mean)."""
     if not params:
-        return {name: (PARAMS[name].low, PARAMS[name].high) for name in DEFAULT_PARAMS}
+        return {name: _range(PARAMS[name], PARAMS[name].low, PARAMS[name].high, name) for name in DEFAULT_PARAMS}
     items: list[tuple[str, Any]] = []
     if isinstance(params, Mapping):
         items = list(params.items())
@@ -159,12 +159,12 @@ def parse_params(params: Iterable[str] | Mapping[str, Any] | None, where: str = 
             items.append((name, spec if sep else None))
     space: dict[str, tuple] = {}
     for name, spec in items:
-        p = _lookup(str(name))
+        p = _lookup(str(name), where)
         label = f"{where} {p.name}"
         if p.name in space:
             raise UserError(f"{label}: given twice")
         if spec is None or spec == "":
-            bounds = (p.low, p.high)
+            bounds: tuple = (p.low, p.high)
         elif isinstance(spec, (list, tuple)):
             if len(spec) != 2:
                 raise UserError(f"{label}: give [low, high], got {list(spec)}")
@@ -172,7 +172,8 @@ def parse_params(params: Iterable[str] | Mapping[str, Any] | None, where: str = 
         elif isinstance(spec, str) and ":" in spec:
             bounds = tuple(spec.split(":", 1))
         else:
-            raise UserError(f"{label}: expected LOW:HIGH (e.g. {p.name}={p.fmt(p.low)}:{p.fmt(p.high)}), got `{spec}`")
+            raise UserError(f"{label}: expected LOW:HIGH (e.g. {p.name}={p.fmt(p.low)}:{p.fmt(p.high)}), got `{spec}`; "
+                            f"to fix a value instead, use --set {p.key}={spec}")
         space[p.name] = _range(p, *bounds, label)
     return space
 
@@ -310,14 +311,17 @@ def sweep(config: str | Path | RunConfig, trials: int | None = None,
         space = {name: tuple(bounds) for name, bounds in stored["params"].items()}
         seed = stored.get("seed", seed)
     else:
-        if state_file.exists() or db.exists() or any(sweep_dir.glob("trial-*")):
-            if not overwrite:
-                raise UserError(f"{sweep_dir} already holds a sweep; use --resume to continue it, --overwrite to "
-                                "replace it, or another --output-dir")
-            shutil.rmtree(sweep_dir)
+        if (sweep_dir / "config.yaml").exists() or (sweep_dir / ".tunelab-run").exists():
+            raise UserError(f"{sweep_dir} holds a training run, not a sweep; choose another --output-dir")
+        replace = state_file.exists() or db.exists() or any(sweep_dir.glob("trial-*"))
+        if replace and not overwrite:
+            raise UserError(f"{sweep_dir} already holds a sweep; use --resume to continue it, --overwrite to "
+                            "replace it, or another --output-dir")
         explicit = bool(params) or bool(section.get("params"))
         space = parse_params(params or section.get("params"), "--param" if params else f"{source}: sweep.params")
         space = _check_space(space, base, explicit, source, echo)
+        if replace:  # only once the new sweep is known to be valid
+            _remove_sweep(sweep_dir)
 
     task = get_task(base.task.name)(base)
     name, greater = task.metric_for_best_model()
@@ -326,6 +330,7 @@ def sweep(config: str | Path | RunConfig, trials: int | None = None,
         raise UserError(f"{source}: a sweep scores each trial on held-out data: set data.eval_fraction "
                         "(e.g. 0.1) or data.eval_path")
     base_raw = base.model_dump(mode="json")
+    created = not sweep_dir.exists()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write_json(state_file, {"metric": metric, "greater_is_better": greater, "seed": seed,
@@ -337,20 +342,22 @@ def sweep(config: str | Path | RunConfig, trials: int | None = None,
         study = optuna.create_study(
             storage=storage, study_name="sweep", load_if_exists=resume,
             direction="maximize" if greater else "minimize",
-            sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+        # Seeded by the trials already stored, so a resumed sweep does not replay the first one's samples.
+        # TPE samples at random for its first trials, then models the good region: a third of a short sweep.
+        study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials),
+                                                   n_startup_trials=max(3, min(10, trials // 3)))
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)  # interrupted last time
-        study.set_trial_user_attr(t.number, "note", "interrupted") if hasattr(study, "set_trial_user_attr") else None
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    remaining = trials - done if resume else trials
+    remaining = max(trials - done, 0) if resume else trials
     ranges = ", ".join(f"{n} {PARAMS[n].fmt(lo)}..{PARAMS[n].fmt(hi)}{' (log)' if PARAMS[n].log else ''}"
                        for n, (lo, hi) in space.items())
     echo(f"sweep dir: {sweep_dir}   objective: {metric} ({'higher' if greater else 'lower'} is better)   "
          f"trials: {remaining}{f' more ({done} done)' if resume else ''}")
     echo(f"searching: {ranges}")
     if not prune_inside:
-        echo("pruning: between trials only (this tunelab's train() takes no extra callbacks)")
+        echo("pruning: off (train() takes no extra_callbacks here), so every trial runs to its end")
 
     def objective(trial) -> float:
         values = {n: _suggest(trial, n, space[n]) for n in space}
@@ -361,15 +368,18 @@ def sweep(config: str | Path | RunConfig, trials: int | None = None,
                            source=str(state_file), override_source=f"sweep trial {trial.number}")
         lines: list[str] = []
 
-        def trial_echo(line: Any = "") -> None:
-            lines.append(str(line))
+        def trial_echo(*args: Any, **kwargs: Any) -> None:
+            lines.append(" ".join(str(a) for a in args))
             if verbose:
-                echo(line)
+                echo(*args, **kwargs)
 
         kwargs = {"extra_callbacks": [pruning_callback(trial, metric)]} if prune_inside else {}
         try:
             result = api.train(cfg, overwrite=True, echo=trial_echo, **kwargs)
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("note", "interrupted")
             raise
         except Exception as exc:
             trial.set_user_attr("note", f"{type(exc).__name__}: {exc}"[:300])
@@ -386,16 +396,46 @@ def sweep(config: str | Path | RunConfig, trials: int | None = None,
 
     def after_trial(study, frozen) -> None:
         _write_outputs(study, space, metric, greater, base_raw, sweep_dir)
-        echo(_trial_line(study, frozen, space, metric, trials if not resume else done + remaining))
+        echo(_trial_line(study, frozen, space, metric, trials))
 
     try:
         if remaining > 0:
             with _quiet_optuna():
                 study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[after_trial],
                                catch=_catchable(), gc_after_trial=True)
-    finally:
-        result = _write_outputs(study, space, metric, greater, base_raw, sweep_dir)
-    return result
+    except BaseException as exc:
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if not resume and not finished:
+            # Nothing to continue: remove what this sweep wrote, so the same command starts it again.
+            _remove_sweep(sweep_dir, whole=created)
+            if isinstance(exc, KeyboardInterrupt):
+                raise KeyboardInterrupt("interrupted before any trial finished; nothing was kept: run the same "
+                                        "command to start the sweep again") from None
+            raise
+        _write_outputs(study, space, metric, greater, base_raw, sweep_dir)
+        if isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt(
+                f"interrupted after {len(finished)} finished trials (results so far in {sweep_dir}); continue the "
+                f"sweep with `tunelab sweep CONFIG --resume --output-dir {sweep_dir}`") from None
+        raise
+    return _write_outputs(study, space, metric, greater, base_raw, sweep_dir)
+
+
+SWEEP_FILES = ("sweep.json", "study.db", "trials.csv", "best_config.yaml", "plots/trials.png")
+
+
+def _remove_sweep(sweep_dir: Path, whole: bool = False) -> None:
+    """Delete a sweep's own files and trial folders (`whole`: the folder, which the sweep created)."""
+    if whole:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        return
+    for name in SWEEP_FILES:
+        with contextlib.suppress(OSError):
+            (sweep_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (sweep_dir / "plots").rmdir()  # only when empty
+    for trial_dir in sweep_dir.glob("trial-[0-9]*"):
+        shutil.rmtree(trial_dir, ignore_errors=True)
 
 
 class _TrialFailed(Exception):
@@ -460,8 +500,9 @@ def _trial_line(study, frozen, space: dict, metric: str, total: int) -> str:
     else:
         outcome = f"{state}: {frozen.user_attrs.get('note', '')}".rstrip(": ")
     best = _best(study, study.direction.name == "MAXIMIZE")
-    best_text = f"   best {best.value:.4f} (trial {best.number})" if best is not None else ""
-    return f"trial {frozen.number + 1}/{total}  {params}  ->  {outcome}  [{took}]{best_text}"
+    best_text = f", best {best.value:.4f} trial-{best.number:03d}" if best is not None else ""
+    finished = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    return f"trial-{frozen.number:03d} [{finished}/{total}] {outcome} ({took}{best_text})  {params}"
 
 
 def _write_outputs(study, space: dict, metric: str, greater: bool, base_raw: dict, sweep_dir: Path) -> SweepResult:
@@ -485,7 +526,6 @@ def _write_outputs(study, space: dict, metric: str, greater: bool, base_raw: dic
     best = _best(study, greater)
     if best is not None:
         overrides = {PARAMS[n].key: v for n, v in best.params.items() if n in PARAMS}
-        overrides["train.output_dir"] = None
         raw = {**base_raw, "train": {k: v for k, v in base_raw["train"].items() if k != "output_dir"}}
         config = build_config(raw, overrides, source="sweep best trial")
         save_config(config, sweep_dir / "best_config.yaml")
@@ -516,6 +556,10 @@ def _plot(frame: pd.DataFrame, metric: str, greater: bool, target: Path) -> None
         ax.axvline(row["trial"], color="grey", alpha=0.3, linestyle=":")
     if not others.empty:
         ax.plot([], [], color="grey", alpha=0.5, linestyle=":", label="pruned / failed")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_xlabel("trial")
     ax.set_ylabel(metric)
     ax.set_title(f"sweep: {metric} ({'higher' if greater else 'lower'} is better)")

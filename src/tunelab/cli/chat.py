@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli.app import app, console, user_errors
+from tunelab.cli.app import TRUST_REMOTE_CODE_HELP, app, console, user_errors, warn_remote_code
 
 
 @app.command()
@@ -19,13 +19,15 @@ def chat(
     temperature: float = typer.Option(0.7), top_p: float = typer.Option(0.9),
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
     device: Optional[str] = typer.Option(None),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP),
 ):
     """Talk to a model; tokens stream as they are generated. /reset clears the history, /exit quits."""
     from tunelab.api import load_target
     from tunelab.inference.chat import ChatSession
     from tunelab.tasks.base import GenerativeTask, require_capability
 
-    run = load_target(target, device)
+    warn_remote_code(trust_remote_code)
+    run = load_target(target, device, trust_remote_code=trust_remote_code)
     require_capability(run.task, GenerativeTask, "`tunelab chat`")
     session = ChatSession(run.model, run.tokenizer, run.config.generation.model_copy(update=dict(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, do_sample=not greedy)), system=system)
@@ -63,15 +65,15 @@ def generate(
     top_p: Optional[float] = typer.Option(None), max_rows: Optional[int] = typer.Option(None),
     overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
     device: Optional[str] = typer.Option(None),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP),
 ):
     """Batched generation for every row of a file; writes one JSON object per row."""
-    from tunelab.api import load_target
-    from tunelab.errors import UserError
+    from tunelab.api import check_prediction_output, load_target
     from tunelab.tasks.base import GenerativeTask, require_capability
 
-    if output.exists() and not overwrite:
-        raise UserError(f"{output} exists; pass --overwrite to replace it")
-    run = load_target(target, device)
+    check_prediction_output(output, overwrite, data, [Path(target)])
+    warn_remote_code(trust_remote_code)
+    run = load_target(target, device, trust_remote_code=trust_remote_code)
     require_capability(run.task, GenerativeTask, "`tunelab generate`")
     updates = {k: v for k, v in dict(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
                                      temperature=temperature, top_p=top_p).items() if v is not None}
@@ -91,13 +93,16 @@ def test_run(
     per_category: int = typer.Option(2, help="Held-out questions per category."),
     max_new_tokens: int = typer.Option(96),
     device: Optional[str] = typer.Option(None),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP),
 ):
     """Test mode: answer held-out questions per category (the run's own eval split) and report tokens/s."""
     from rich.table import Table
 
     from tunelab.api import load, run_test_mode
 
-    report = run_test_mode(load(run_dir, device=device), per_category=per_category, max_new_tokens=max_new_tokens)
+    warn_remote_code(trust_remote_code)
+    report = run_test_mode(load(run_dir, device=device, trust_remote_code=trust_remote_code),
+                           per_category=per_category, max_new_tokens=max_new_tokens)
     table = Table(show_lines=True, title=f"{run_dir}: {len(report.answers)} held-out questions")
     for col in ("category", "question", "answer", "reference"):
         table.add_column(col, overflow="fold")

@@ -1,4 +1,7 @@
-"""`tunelab predict | ensemble | export | submission check`: use trained runs on new data (parse, call the API, print)."""
+"""`tunelab predict | ensemble | export | submission check`: use trained runs on new data (parse, call the API, print).
+
+Outputs follow one rule: an existing output is refused unless --overwrite, and never replaced when it is one of
+the command's inputs; `export` replaces only a folder that is itself a tunelab bundle."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli.app import app, console, user_errors
+from tunelab.cli.app import TRUST_REMOTE_CODE_HELP, app, console, user_errors, warn_remote_code
 from tunelab.errors import UserError
 
 submission_app = typer.Typer(no_args_is_help=True, help="Check competition submission files.")
@@ -19,11 +22,15 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory o
             data: Path = typer.Option(..., "--data", help="Rows to predict (csv/tsv/json/jsonl/parquet)."),
             output: Path = typer.Option(..., "--output", help="Where to write the predictions."),
             fmt: Optional[str] = typer.Option(None, "--format", help="Output format (task-specific: csv, map, arena, jsonl)."),
-            device: Optional[str] = typer.Option(None, help="cpu, cuda or mps (default: auto).")):
+            overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
+            device: Optional[str] = typer.Option(None, help="cpu, cuda or mps (default: auto)."),
+            trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP)):
     """Predict with a trained run and write the task's predictions / submission file."""
-    from tunelab.api import load
+    from tunelab.api import check_prediction_output, load
 
-    run = load(run_dir, device=device)
+    check_prediction_output(output, overwrite, data, [run_dir])
+    warn_remote_code(trust_remote_code)
+    run = load(run_dir, device=device, trust_remote_code=trust_remote_code)
     predictions = run.predict(data)
     path = run.task.write_predictions(predictions, output, fmt)
     console.print(f"wrote {len(predictions)} predictions to {path}")
@@ -45,12 +52,16 @@ def ensemble(run_dirs: list[Path] = typer.Argument(..., help="Two or more run di
              output: Path = typer.Option(..., "--output"),
              weights: Optional[str] = typer.Option(None, "--weights", help="e.g. 0.6,0.4 (default: equal)."),
              fmt: Optional[str] = typer.Option(None, "--format"),
-             device: Optional[str] = typer.Option(None)):
+             overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
+             device: Optional[str] = typer.Option(None),
+             trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP)):
     """Average the predicted probabilities of several runs and write one predictions / submission file."""
-    from tunelab.api import ensemble as ensemble_runs, normalise_weights
+    from tunelab.api import check_prediction_output, ensemble as ensemble_runs, normalise_weights
 
     w = normalise_weights(parse_weights(weights), len(run_dirs))
-    task, frame, probs = ensemble_runs(run_dirs, data, w, device)
+    check_prediction_output(output, overwrite, data, run_dirs)
+    warn_remote_code(trust_remote_code)
+    task, frame, probs = ensemble_runs(run_dirs, data, w, device, trust_remote_code=trust_remote_code)
     path = task.write_predictions(task.predictions_frame(frame, probs), output, fmt)
     console.print(f"ensembled {len(run_dirs)} runs (weights {', '.join(f'{x:.3f}' for x in w)}): "
                   f"{len(frame)} predictions written to {path}")
@@ -59,11 +70,15 @@ def ensemble(run_dirs: list[Path] = typer.Argument(..., help="Two or more run di
 @app.command("export")
 @user_errors
 def export(run_dir: Path = typer.Argument(...),
-           offline_bundle: Path = typer.Option(..., "--offline-bundle", help="Folder to create (replaced if it exists).")):
+           offline_bundle: Path = typer.Option(..., "--offline-bundle", help="Folder to create."),
+           overwrite: bool = typer.Option(False, help="Replace --offline-bundle if it is an earlier tunelab bundle "
+                                          "(any other folder is never replaced)."),
+           trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP)):
     """Package a run as a self-contained folder for machines without network (e.g. Kaggle notebooks)."""
     from tunelab.api import export_bundle
 
-    path = export_bundle(run_dir, offline_bundle)
+    warn_remote_code(trust_remote_code)
+    path = export_bundle(run_dir, offline_bundle, overwrite=overwrite, trust_remote_code=trust_remote_code)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     console.print(f"offline bundle written to {path} ({size / 1e6:.1f} MB); use it with `tunelab predict {path} ...`")
 

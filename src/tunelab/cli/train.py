@@ -44,17 +44,28 @@ def train(
     load_8bit: bool = typer.Option(False, "--load-8bit", "--load_8bit", help="Load the base model in 8-bit (CUDA)."),
     load_4bit: bool = typer.Option(False, "--load-4bit", "--load_4bit", help="Load the base model in 4-bit, QLoRA (CUDA)."),
     set_items: Optional[list[str]] = typer.Option(None, "--set", help="Any config key: --set lora.r=8 (repeatable)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
-    overwrite: bool = typer.Option(False, help="Replace an existing run in --output-dir."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its newest complete checkpoint (with "
+                                "--output-dir). Only --max-steps / --epochs may change; a finished run is left as is."),
+    overwrite: bool = typer.Option(False, help="Replace the run in --output-dir (only a folder tunelab created for a "
+                                   "run; the old run is deleted once the new one has started)."),
 ):
-    """Fine-tune a model as the config says; writes a run directory."""
+    """Fine-tune a model as the config says; writes a run directory.
+
+    Ctrl-C (or SIGTERM) saves a checkpoint after the current step and stops; `--resume` continues from it.
+    Exit codes: 0 done (or a resumed run that had already finished), 2 a mistake in the input, 130 interrupted."""
     from tunelab.api import train as run_training
     from tunelab.config import build_config, load_config
 
     overrides = collect_overrides(preset, epochs, learning_rate, batch_size, max_length, output_dir,
                                                  categories, difficulties, data, model, max_steps, set_items,
                                                  lora_r, load_8bit, load_4bit)
-    cfg = load_config(config, overrides) if config else build_config({"task": "sft"}, overrides, source="command line")
+    stored = Path(output_dir) / "config.yaml" if output_dir else None
+    if config:
+        cfg = load_config(config, overrides)
+    elif resume and stored is not None and stored.is_file():  # `--resume --output-dir RUN`: the run's own config
+        cfg = load_config(stored, overrides)
+    else:
+        cfg = build_config({"task": "sft"}, overrides, source="command line")
     result = run_training(cfg, resume=resume, overwrite=overwrite, echo=console.print)
     shown = {k: v for k, v in result.metrics.items() if k.startswith(("eval_", "train_loss"))}
     console.print_json(data=shown)

@@ -136,6 +136,7 @@ def build_config(raw: dict | None = None, overrides: dict[str, Any] | None = Non
         return source
 
     tree = _deepcopy(raw or {})
+    tree.pop("sweep", None)  # the search space of `tunelab sweep` (tunelab/sweeps.py), not a run setting
     _check_sections(tree, lambda key: source)
     for dotted in given:
         set_dotted(tree, dotted, overrides[dotted])

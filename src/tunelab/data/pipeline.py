@@ -51,8 +51,12 @@ def load_frame(path: str, config: RunConfig, task: TaskData, split: str, report:
     if split == "predict":
         mapping = {f: c for f, c in mapping.items() if not (f in task.fields.targets and c not in frame.columns)}
     frame = map_columns(frame, mapping, task.fields.all_names(), str(path))
-    frame = frame.reset_index(drop=True)
-    return task.prepare(frame, split)
+    frame = task.prepare(frame.reset_index(drop=True), split)
+    if split == "predict":  # the model's inputs must be there; labels/references may not
+        targets = set(task.fields.targets)
+        inputs = tuple(dict.fromkeys(tuple(f for f in group if f not in targets) for group in task.fields.any_of))
+        require_fields(frame, tuple(g for g in inputs if g), str(path))
+    return frame
 
 
 def load_labelled(path: str, config: RunConfig, task: TaskData, split: str) -> tuple[pd.DataFrame, DataReport]:

@@ -3,9 +3,16 @@ classification tasks call; generation lives in tunelab.inference).
 
 Examples are sorted by length so each padded batch wastes little compute;
 probabilities come back in the caller's order, in float64.
+
+Predictions run in the model's own dtype, never under a Trainer's mixed-precision autocast: accelerate
+(Trainer with bf16/fp16) wraps `model.forward` *in place* with autocast and keeps the original as
+`_original_forward`, so the model object the recipe evaluates after training would otherwise predict in
+bf16 matmuls while `tunelab.load` predicts in `model.predict_dtype` (fp32 on CPU): the reported metrics
+and a reload then differed by ~1e-3 in log loss.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -14,9 +21,29 @@ import torch
 from tunelab.metrics.classification import softmax
 
 
+@contextmanager
+def own_forward(model):
+    """Run `model` with its own forward for a while: undo accelerate's in-place autocast wrapper (if any)."""
+    original = model.__dict__.get("_original_forward")
+    wrapped = model.__dict__.get("forward")
+    if original is None or wrapped is None:
+        yield model
+        return
+    model.forward = original
+    try:
+        yield model
+    finally:
+        model.forward = wrapped
+
+
 @torch.inference_mode()
 def predict_probabilities(model, examples: list[dict], collate: Callable[[list[dict]], dict],
                           batch_size: int = 32) -> np.ndarray:
+    with own_forward(model):
+        return _predict_probabilities(model, examples, collate, batch_size)
+
+
+def _predict_probabilities(model, examples, collate, batch_size) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))

@@ -16,7 +16,15 @@ from tunelab.errors import UserError
 
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN runs bf16 matmuls natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    """True where oneDNN runs bf16 matmuls natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow.
+
+    `TUNELAB_CPU_BF16=0|1` overrides the detection: 0 makes `dtype: auto` choose fp32 on a bf16 CPU (what an
+    AVX2-only machine does, e.g. to compare or to run the test suite as such a machine would)."""
+    forced = os.environ.get("TUNELAB_CPU_BF16")
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise UserError(f"TUNELAB_CPU_BF16={forced!r}: set it to 0 or 1, or unset it to detect")
+        return forced == "1"
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -1,6 +1,7 @@
 """Loading tokenizers and models for a head, on the detected hardware."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -70,12 +71,15 @@ def predict_dtype(config: ModelConfig, hardware: Hardware) -> torch.dtype:
 
 
 def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: dict | None = None,
-               tokenizer=None, for_training: bool = True, frozen_base: bool = False, dtype: torch.dtype | None = None):
+               tokenizer=None, for_training: bool = True, frozen_base: bool = False, dtype: torch.dtype | None = None,
+               head_restored_later: bool = False):
     """Load `config`'s weights with the task's head, on the hardware's device, in `dtype` if given.
 
     Otherwise: training keeps fp32 master weights (the Trainer autocasts), except a frozen LoRA base of a
     causal LM in bf16: it is never updated, so it is stored in bf16 (half the memory, no per-op casts)
     while PEFT keeps the adapter weights in fp32. Inference uses the hardware's dtype.
+    `head_restored_later`: the caller loads the trained head next (a LoRA run's adapter), so transformers'
+    "newly initialized / MISSING" report about the fresh head is noise and stays quiet.
     """
     resolved = resolve_model(config.name_or_path)
     cls = model_class(head)
@@ -102,7 +106,8 @@ def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: 
     kwargs["dtype"] = dtype or (hardware.dtype if (not for_training or low_precision_base) else torch.float32)
     check_head(config, head, resolved)
     try:
-        model = cls.from_pretrained(resolved.path, **kwargs)
+        with _quiet_transformers() if head_restored_later else contextlib.nullcontext():
+            model = cls.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model `{config.name_or_path}` for {head}: {str(exc).splitlines()[0]}") from None
     if "device_map" not in kwargs:
@@ -110,6 +115,18 @@ def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: 
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
 
 
 def check_head(config: ModelConfig, head: str, resolved: ResolvedModel | None = None) -> None:

@@ -10,6 +10,8 @@ Model input: `[CLS] prompt [SEP] response_a [SEP] response_b [SEP]`, each part t
 responses survive; a 3-way head (a, b, tie), or 2-way when training has no ties. Position bias is
 handled by A/B swap augmentation (training) and swap test-time averaging (prediction); the verbosity
 bias is reported as the correlation of the predicted preference with the response-length difference.
+A 2-way model never predicts a tie as exactly 0: it writes `task.tie_probability` (0.001) and scales a/b
+by (1 - it), so ties in test data cost 6.9 nats each, not an infinite log loss.
 """
 from __future__ import annotations
 
@@ -47,6 +49,14 @@ class PreferenceConfig(TaskConfig):
     id_field: str = "id"
     output_format: Literal["arena", "csv", "jsonl"] = "arena"
     predict_batch_size: int = Field(32, ge=1)
+    tie_probability: float = Field(1e-3, gt=0.0, lt=0.5)
+    """What a 2-way model (trained without ties) predicts for a tie: this small floor, with a and b scaled by
+    (1 - it) so rows still sum to 1. An exact 0 would make the log loss of any tie in the test data infinite;
+    a tie costs -ln(0.001) = 6.9 nats, a row without one 0.001 nats."""
+    calibrate: bool = True
+    """Temperature scaling of the (swap-averaged) probabilities, fitted on the held-out rows after training."""
+    baseline: bool = True
+    """Fit the TF-IDF(A) - TF-IDF(B) + length-features logistic-regression baseline and report it beside the model."""
 
 
 # -- data helpers (pure functions, unit-tested) --------------------------------------------------------
@@ -141,6 +151,7 @@ class PreferenceTask(SequenceClassificationTask):
         self.id_field = self.options.id_field
         self.classes: list[str] = list(WINNERS)
         self.class_counts: list[int] = []
+        self.segment_ids = True  # runs saved before token_type_ids were used load with False (see load_state)
 
     # -- data -----------------------------------------------------------------
     def prepare(self, frame: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -191,15 +202,22 @@ class PreferenceTask(SequenceClassificationTask):
         if n == 2 and (labels == 2).any():
             raise UserError(f"task.num_classes is 2 but the training data has {(labels == 2).sum()} ties "
                             "(winner_tie = 1); use 3 or auto")
+        if n == 3 and not (labels == 2).any():
+            raise UserError(f"task.num_classes is 3 but none of the {len(labels)} training pairs is a tie "
+                            "(winner_tie = 1), so a tie class cannot be learned; use 2 or auto (a 2-way model "
+                            f"predicts ties with task.tie_probability = {self.options.tie_probability:g})")
         self.classes = list(WINNERS[:n])
         self.class_counts = np.bincount(labels, minlength=n).tolist()
 
     def state(self) -> dict[str, Any]:
-        return {"classes": self.classes, "class_counts": self.class_counts}
+        return {"classes": self.classes, "class_counts": self.class_counts, "temperature": self.temperature,
+                "segment_ids": self.segment_ids}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.classes = list(state["classes"])
         self.class_counts = list(state.get("class_counts", []))
+        self.temperature = float(state.get("temperature", 1.0))
+        self.segment_ids = bool(state.get("segment_ids", False))
 
     # -- encoding -------------------------------------------------------------
     def _check_inputs(self, frame: pd.DataFrame) -> None:
@@ -215,6 +233,10 @@ class PreferenceTask(SequenceClassificationTask):
 
     def input_ids(self, frame: pd.DataFrame, tokenizer, max_length: int) -> list[list[int]]:
         """`[CLS] prompt [SEP] a [SEP] b [SEP]` per row; the prompt keeps its end, responses their start."""
+        return [ids for ids, _ in self._segments(frame, tokenizer, max_length)]
+
+    def _segments(self, frame: pd.DataFrame, tokenizer, max_length: int) -> list[tuple[list[int], int]]:
+        """(input ids, length of `[CLS] prompt [SEP] a [SEP]`) per row."""
         self._check_inputs(frame)
         start, sep = self._specials(tokenizer)
         budget = max_length - len(start) - 3
@@ -224,7 +246,8 @@ class PreferenceTask(SequenceClassificationTask):
         rows = []
         for p, a, b in zip(prompts, answers_a, answers_b):
             lp, la, lb = fair_allocation(len(p), len(a), len(b), budget, self.options.prompt_share)
-            rows.append(start + (p[len(p) - lp:] if lp else []) + [sep] + a[:la] + [sep] + b[:lb] + [sep])
+            first = start + (p[len(p) - lp:] if lp else []) + [sep] + a[:la] + [sep]
+            rows.append((first + b[:lb] + [sep], len(first)))
         return rows
 
     def texts_for_length(self, frame, tokenizer):
@@ -241,7 +264,16 @@ class PreferenceTask(SequenceClassificationTask):
         return [len(start) + 3 + len(p) + len(a) + len(b) for p, a, b in zip(*parts)]
 
     def encode(self, frame, tokenizer, max_length):
-        examples = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in self.input_ids(frame, tokenizer, max_length)]
+        """Examples with input_ids, attention_mask and, for tokenizers with segments (BERT-style), token_type_ids
+        0 for `[CLS] prompt [SEP] a [SEP]` and 1 for `b [SEP]`: the model sees which response is which directly,
+        not only through the position of the second [SEP]."""
+        segments = self.segment_ids and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+        examples = []
+        for ids, first in self._segments(frame, tokenizer, max_length):
+            example = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+            if segments:
+                example["token_type_ids"] = [0] * first + [1] * (len(ids) - first)
+            examples.append(example)
         if LABEL in frame.columns:
             labels = frame[LABEL].astype(int).to_numpy()
             if (labels >= len(self.classes)).any():
@@ -264,6 +296,17 @@ class PreferenceTask(SequenceClassificationTask):
     def has_labels(self, frame: pd.DataFrame) -> bool:
         return LABEL in frame.columns
 
+    def label_ids(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(0 a / 1 b / 2 tie per row, mask of the labels the head has: ties are outside a 2-way head)."""
+        labels = frame[LABEL].astype(int).to_numpy()
+        return labels, labels < len(self.classes)
+
+    baseline_kind = "pair"
+
+    def baseline_inputs(self, frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+        self._check_inputs(frame)
+        return frame["response_a"].astype(str).tolist(), frame["response_b"].astype(str).tolist()
+
     # -- metrics --------------------------------------------------------------
     def metrics_from_probs(self, labels, probs):
         from tunelab.metrics.classification import accuracy, log_loss
@@ -277,26 +320,38 @@ class PreferenceTask(SequenceClassificationTask):
         from tunelab.metrics.classification import log_loss, pearson
 
         labels = frame[LABEL].astype(int).to_numpy()
+        prior = np.asarray(self.class_counts, dtype=np.float64) + 1.0 if self.class_counts else None
+        if prior is not None:
+            prior = np.tile(prior / prior.sum(), (len(labels), 1))
+        if probs.shape[1] == 2 and (labels == 2).any():  # ties scored against a 2-way model's tie floor
+            probs = self.with_tie(probs)
+            prior = self.with_tie(prior) if prior is not None else None
         metrics = self.metrics_from_probs(labels, probs)
-        if self.class_counts:
-            prior = np.asarray(self.class_counts, dtype=np.float64) + 1.0
-            metrics["prior_log_loss"] = log_loss(labels, np.tile(prior / prior.sum(), (len(labels), 1)))
+        if prior is not None:
+            metrics["prior_log_loss"] = log_loss(labels, prior)
         length_diff = (frame["response_a"].str.len() - frame["response_b"].str.len()).to_numpy()
         metrics["length_corr_pred"] = pearson(probs[:, 0] - probs[:, 1], length_diff)
         metrics["length_corr_true"] = pearson((labels == 0).astype(float) - (labels == 1), length_diff)
         return metrics
 
     # -- predictions ----------------------------------------------------------
-    def predict_proba(self, model, tokenizer, frame: pd.DataFrame) -> np.ndarray:
-        """(n, n_classes) probabilities; with swap_tta the swapped-order prediction is un-swapped and averaged in."""
-        probs = super().predict_proba(model, tokenizer, frame)
+    def raw_proba(self, model, tokenizer, frame: pd.DataFrame) -> np.ndarray:
+        """(n, n_classes) probabilities before temperature scaling; with swap_tta the swapped-order prediction
+        is un-swapped and averaged in (the temperature then scales the log of that average)."""
+        probs = super().raw_proba(model, tokenizer, frame)
         if self.options.swap_tta:
-            probs = (probs + unswap_probs(super().predict_proba(model, tokenizer, swap_frame(frame)))) / 2
+            probs = (probs + unswap_probs(super().raw_proba(model, tokenizer, swap_frame(frame)))) / 2
         return probs
 
+    def with_tie(self, probs: np.ndarray) -> np.ndarray:
+        """A 2-way model's (n, 2) probabilities as (n, 3): tie = task.tie_probability (see io.submission.with_tie)."""
+        from tunelab.io.submission import with_tie
+
+        return with_tie(probs, self.options.tie_probability)
+
     def predictions_frame(self, frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
-        full = np.zeros((len(frame), 3))
-        full[:, : probs.shape[1]] = probs
+        """a/b/tie probabilities per row; a 2-way model's tie column is task.tie_probability, never 0."""
+        full = self.with_tie(probs) if probs.shape[1] == 2 else np.asarray(probs, dtype=np.float64)
         out = pd.DataFrame({"id": self.row_ids(frame)}, index=frame.index)
         for j, name in enumerate(WINNERS):
             out[name] = full[:, j]
@@ -310,5 +365,6 @@ class PreferenceTask(SequenceClassificationTask):
 
         fmt = fmt or self.options.output_format
         if fmt == "arena":
-            return write_arena_submission(predictions["id"].tolist(), predictions[list(WINNERS)].to_numpy(), path)
+            return write_arena_submission(predictions["id"].tolist(), predictions[list(WINNERS)].to_numpy(), path,
+                                          self.options.tie_probability)
         return super().write_predictions(predictions, path, fmt)

@@ -111,10 +111,13 @@ def comparison_table(task, metrics: dict) -> list[str]:
     return lines
 
 
-def _worse(metric: str, model: float, other: float) -> bool:
+def _worse(metric: str, model: float, other: float, tie_counts: bool = True) -> bool:
+    """True when `model` is worse than `other` on `metric` (or equal, if `tie_counts`)."""
     if not (np.isfinite(model) and np.isfinite(other)):
         return False
-    return model >= other if metric in LOWER_IS_BETTER else model <= other
+    if model == other:
+        return tie_counts
+    return model > other if metric in LOWER_IS_BETTER else model < other
 
 
 def collapse_warnings(task, held_out: pd.DataFrame, probs: np.ndarray, metrics: dict) -> list[str]:
@@ -146,7 +149,7 @@ def collapse_warnings(task, held_out: pd.DataFrame, probs: np.ndarray, metrics: 
         warnings.append("the model does not beat the class prior (always predicting the training frequencies): "
                         + ", ".join(f"{m} {metrics[m]:.4f} vs prior {metrics[f'prior_{m}']:.4f}" for m in lost)
                         + f"; {LIKELY_CAUSES}")
-    if f"baseline_{main}" in metrics and main in metrics and _worse(main, metrics[main], metrics[f"baseline_{main}"]):
+    if f"baseline_{main}" in metrics and main in metrics and _worse(main, metrics[main], metrics[f"baseline_{main}"], False):
         warnings.append(f"the model does not beat the TF-IDF + logistic regression baseline: {main} "
                         f"{metrics[main]:.4f} vs baseline {metrics[f'baseline_{main}']:.4f}; train longer or with "
                         f"another learning rate, try a larger backbone, or ensemble with the baseline "

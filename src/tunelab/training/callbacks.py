@@ -1,6 +1,12 @@
-"""Trainer callbacks that write the run directory's logs: history, time estimate, plots."""
+"""Trainer callbacks that write the run directory's logs (history, time estimate, plots) and stop a run
+cleanly on Ctrl-C / SIGTERM (`StopOnSignal`)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import threading
 import time
 
 from transformers import TrainerCallback
@@ -10,20 +16,36 @@ from tunelab.training.rundir import RunDir
 
 
 class HistoryCallback(TrainerCallback):
-    """Append every log event (train loss, eval metrics) to history.jsonl as one flat JSON object."""
+    """Append every log event (train loss, eval metrics) to history.jsonl as one flat JSON object. Events
+    logged after training ended (the final evaluation of the kept model) carry `"after_training": true`, so
+    each training step appears once per kind of event."""
 
-    def __init__(self, run: RunDir, resume_step: int | None = None):
+    def __init__(self, run: RunDir, resume_step: int | None = None, saved_at: float | None = None):
         self.run = run
-        if resume_step is not None:
-            # Entries logged after the checkpoint we resume from will be logged again: drop them.
-            kept = [r for r in run.read_history() if r.get("step", 0) <= resume_step]
-            atomic_write_text(run.history, "".join(_json_line(r) for r in kept))
+        self.resume_step = resume_step
+        self.saved_at = saved_at
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.resume_step is None or not state.is_world_process_zero:
+            return
+        # Entries logged after the checkpoint we resume from will be logged again: drop them. `saved_at`
+        # (when the checkpoint was written) also drops what was logged at its step after it, e.g. the
+        # end-of-training summary of a run that is now extended.
+        kept = [r for r in self.run.read_history() if r.get("step", 0) <= self.resume_step
+                and (self.saved_at is None or r.get("time", 0) <= self.saved_at)]
+        atomic_write_text(self.run.history, "".join(_json_line(r) for r in kept))
+        self.resume_step = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._after_training = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": round(time.time(), 3)}
         record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
+        if getattr(self, "_after_training", False):
+            record["after_training"] = True
         record.update(memory_snapshot())
         append_jsonl(self.run.history, record)
 
@@ -69,6 +91,71 @@ class TimeEstimateCallback(TrainerCallback):
             per_step = (time.perf_counter() - self._start) / done
             remaining = max(state.max_steps - state.global_step, 0)
             self.report(per_step, remaining)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt that says which signal (SIGINT or SIGTERM) and, once the run dir is checked, what
+    can be done with the run (the message)."""
+
+    def __init__(self, signal_name: str = "SIGINT", message: str | None = None):
+        super().__init__(message or f"interrupted ({signal_name})")
+        self.signal_name = signal_name
+
+
+class StopOnSignal(TrainerCallback):
+    """Ctrl-C (SIGINT) or SIGTERM while the Trainer trains: finish the current optimizer step, save a checkpoint,
+    stop (`received` says which signal; `trainer.stop_reason` is set so no checkpoint is rotated away).
+    A second signal, or one outside the training loop, interrupts at once (`Interrupted`).
+    Only in the main thread of a single-process run: under torchrun the ranks could stop at different steps."""
+
+    def __init__(self, trainer=None):
+        self.trainer = trainer
+        self.received: str | None = None
+        self._training = False
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._handle)
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        graceful = self._training and int(os.environ.get("WORLD_SIZE", "1")) <= 1
+        if graceful and self.received is None:
+            self.received = name
+            _say(f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)\n")
+            return
+        raise Interrupted(name)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._training = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+            if self.trainer is not None:
+                self.trainer.stop_reason = self.received
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._training = False
+
+
+def _say(text: str) -> None:
+    """Write from a signal handler: one unbuffered write (print could re-enter a buffered stream)."""
+    try:
+        os.write(sys.stderr.fileno(), text.encode())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def memory_snapshot() -> dict:

@@ -3,14 +3,23 @@
 config -> run dir -> data (read, validate, split) -> task (fit, encode) -> model (load, LoRA)
 -> Trainer (train, evaluate before/after) -> final model + task metrics from real predictions
 -> metrics.json, eval_predictions.jsonl, plots.
+
+Interruptions and failures (`train`): Ctrl-C or SIGTERM while training finishes the step, saves a checkpoint
+and stops (`Interrupted`, a KeyboardInterrupt whose message says how to resume); a run that fails or is
+interrupted before its first checkpoint deletes what it wrote (and puts back a run it was replacing), so the
+same command starts it again; a full disk or read-only folder is one clear error.
+Resuming (`--resume`): the run's stored config is continued; of the config given now, only a new length
+(train.max_steps / train.epochs) applies and every other difference is named as ignored. A finished run
+is not trained again ("already finished"; the CLI exits 0).
 """
 from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from tunelab.config import RunConfig, load_config, save_config
 from tunelab.data.pipeline import load_splits
@@ -19,9 +28,11 @@ from tunelab.io import atomic_path, atomic_write_json
 from tunelab.models import apply_lora, detect_hardware, load_model, load_tokenizer, trainable_summary
 from tunelab.models.loading import check_head, predict_dtype
 from tunelab.tasks import get_task
-from tunelab.tasks.base import GenerativeTask
+from tunelab.tasks.base import GenerativeTask, ProbabilisticTask
+from tunelab.io import disk_full
 from tunelab.training.callbacks import HistoryCallback, ProgressCallback, TimeEstimateCallback, plot_history
-from tunelab.training.rundir import RunDir
+from tunelab.training.callbacks import Interrupted, StopOnSignal
+from tunelab.training.rundir import RunDir, checkpoint_problem, checkpoint_step, missing_optimizer_state
 
 
 @dataclass
@@ -35,11 +46,33 @@ def is_main_process() -> bool:
 
 
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
-          echo: Callable[[str], None] = print) -> RunResult:
-    # 1. Run directory. Resuming continues the stored config, whatever the command line says now.
-    run = RunDir.prepare(config.train.output_dir or RunDir.default_path(config.task.name), resume, overwrite)
+          echo: Callable[[str], None] = print, extra_callbacks: Sequence = ()) -> RunResult:
+    """Train as `config` says into its run directory; `extra_callbacks` (TrainerCallbacks) join the run's own,
+    e.g. a sweep's pruning callback."""
+    if resume and not config.train.output_dir:
+        raise UserError("--resume needs the run to continue: pass --output-dir RUN_DIR (or set train.output_dir)")
+    main = is_main_process()
+    run = RunDir.prepare(config.train.output_dir or RunDir.default_path(config.task.name), resume, overwrite,
+                         main=main, echo=echo)
+    stopper = StopOnSignal()
+    try:
+        with stopper.installed():
+            return _run(run, config, resume, echo, stopper, extra_callbacks)
+    except BaseException as exc:
+        raise _after_failure(run, resume, exc, main) from None
+    finally:
+        run.release()
+
+
+def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], None], stopper: StopOnSignal,
+         extra_callbacks: Sequence = ()) -> RunResult:
+    # 1. Run directory (prepared by `train`). Resuming continues the stored config (of the given one, only the
+    # run's length may change) from the newest complete checkpoint.
+    checkpoint = None
     if resume:
-        config = load_config(run.config)
+        config, checkpoint = _resume_plan(run, config, echo)
+        if checkpoint is None:  # already finished: nothing to do
+            return RunResult(run_dir=run.path, metrics=run.read_metrics())
     config.train.output_dir = str(run.path)
     task = get_task(config.task.name)(config)
     hardware = detect_hardware(config.model)
@@ -71,6 +104,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
     config.model.predict_dtype = str(predict_dtype(config.model, hardware)).removeprefix("torch.")
     if is_main_process():
         save_config(config, run.config)
+        run.commit()  # the run this one replaces (--overwrite) is deleted only now
         atomic_write_json(run.task_state, task.state())
         atomic_write_json(run.data_report, [r.to_dict() for r in splits.reports])
         atomic_write_json(run.eval_rows, held_out)
@@ -97,10 +131,13 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
     from tunelab.training.trainer import TunelabTrainer
 
     args = training_arguments(config, run, hardware, task, n_train=len(train_examples), has_eval=bool(eval_examples))
-    callbacks = [HistoryCallback(run, resume_step=run.last_checkpoint_step() if resume else None), ProgressCallback(echo),
+    saved_at = (checkpoint / "trainer_state.json").stat().st_mtime if checkpoint is not None else None
+    callbacks = [HistoryCallback(run, resume_step=checkpoint_step(checkpoint) if checkpoint else None, saved_at=saved_at),
+                 ProgressCallback(echo), stopper,
                  TimeEstimateCallback(config.train.estimate_steps, lambda per_step, remaining: echo(
                      f"estimated training time: {_minutes(per_step * remaining)} more "
-                     f"({per_step:.2f} s/step measured over {config.train.estimate_steps} steps, {remaining} steps left)"))]
+                     f"({per_step:.2f} s/step measured over {config.train.estimate_steps} steps, {remaining} steps left)")),
+                 *extra_callbacks]
     schedule = task.in_training_generation() if isinstance(task, GenerativeTask) else None
     if schedule and not splits.eval.empty:
         from tunelab.training.generation_eval import GenerationEvalCallback
@@ -111,6 +148,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
                              train_dataset=train_examples, eval_dataset=eval_examples or None,
                              processing_class=tokenizer, compute_metrics=task.trainer_metrics(), callbacks=callbacks,
                              matmul_precision=config.model.matmul_precision, cpu_threads=config.train.cpu_threads)
+    stopper.trainer = trainer
     if trainer.cpu_threads is not None:
         echo(f"cpu threads: {trainer.cpu_threads}   float32 matmul precision: {config.model.matmul_precision}")
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a compact line instead
@@ -123,7 +161,11 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
             atomic_write_json(run.metrics, metrics)
     elif resume:
         metrics.update({k: v for k, v in run.read_metrics().items() if k.startswith("eval_before")})
-    output = trainer.train(resume_from_checkpoint=True if resume else None)
+    output = _train_or_restore(trainer, run, checkpoint, echo)
+    if output is None:
+        return RunResult(run_dir=run.path, metrics=run.read_metrics())
+    if stopper.received:  # Ctrl-C / SIGTERM: the step finished and a checkpoint was saved
+        raise Interrupted(stopper.received)
     metrics["train_loss"] = output.training_loss
     metrics["train_runtime_s"] = round(output.metrics.get("train_runtime", 0.0), 2)
     metrics["train_steps"] = output.global_step
@@ -140,20 +182,154 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
         with atomic_path(run.final, is_dir=True) as tmp:
             trainer.save_model(str(tmp))
             tokenizer.save_pretrained(str(tmp))
-    if not splits.eval.empty:
+    predictions = None
+    if isinstance(task, ProbabilisticTask):
+        # The task's review: calibration on the held-out rows (kept in its state), the classical baseline
+        # beside the model (saved in the run dir), warnings when the model learned little.
+        model.eval()
+        scores, predictions, lines = task.review(trainer.model, tokenizer, splits.train, splits.eval,
+                                                 run.path if is_main_process() else None)
+        metrics.update(scores)
+        for line in lines:
+            echo(line)
+    elif not splits.eval.empty:
         from tunelab.inference.predict import evaluate_rows
 
         model.eval()
         scores, predictions = evaluate_rows(task, trainer.model, tokenizer, splits.eval)
         metrics.update(scores)
-        if predictions is not None and is_main_process():
-            predictions.insert(0, "row", [int(i) + 1 for i in predictions.index])
-            task.write_predictions(predictions, run.eval_predictions, "jsonl")
+    if predictions is not None and is_main_process():
+        predictions.insert(0, "row", [int(i) + 1 for i in predictions.index])
+        task.write_predictions(predictions, run.eval_predictions, "jsonl")
     if is_main_process():
+        atomic_write_json(run.task_state, task.state())  # again: the review may have calibrated the task
         atomic_write_json(run.metrics, metrics)
         plot_history(run)
     echo(f"saved: {run.final}  metrics: {run.metrics}")
     return RunResult(run_dir=run.path, metrics=metrics)
+
+
+# -- section 1 helpers: resuming, failures ----------------------------------------------------------------
+RESUME_CHANGEABLE = ("train.max_steps", "train.epochs")
+"""What a resumed run may change: its length. Everything else stays as the run started."""
+_RECIPE_SET = ("train.output_dir", "model.predict_dtype")  # written by the recipe itself, never compared
+
+
+def _resume_plan(run: RunDir, given: RunConfig, echo) -> tuple[RunConfig, Path | None]:
+    """(the config to continue, the checkpoint to resume from); checkpoint None: the run already finished."""
+    stored = load_config(run.config)
+    config, changed = _with_resume_overrides(stored, given, echo)
+    checkpoint = run.last_complete_checkpoint()
+    done = checkpoint_step(checkpoint) if checkpoint is not None else None
+    for step, folder in run.checkpoint_dirs():
+        if done is None or step > done:  # torn by a crash while saving: never resumed from, removed
+            echo(f"ignoring {folder.name}: {checkpoint_problem(folder)}; removing it")
+            if is_main_process():
+                shutil.rmtree(folder, ignore_errors=True)
+    finished_steps = run.read_metrics().get("train_steps") if run.is_finished() else None
+    new_max = config.train.max_steps
+    if finished_steps is not None and (not changed or (new_max is not None and new_max <= finished_steps)):
+        echo(f"{run.path} already finished ({finished_steps} steps; final model in {run.final}): nothing to do. "
+             "To train longer, resume with a larger --max-steps or --epochs.")
+        return config, None
+    if checkpoint is None:
+        raise UserError(f"--resume: {run.path} has no complete checkpoint to continue from; run the same command "
+                        "without --resume to start it again (no --overwrite needed)")
+    missing = missing_optimizer_state(checkpoint)
+    if missing:
+        echo(f"warning: {checkpoint.name} has no {' / '.join(missing)}: the optimizer state and learning-rate "
+             "schedule (warmup included) restart from scratch; the weights and step count continue")
+    echo(f"resuming {run.path} from {checkpoint.name} (step {done})")
+    return config, checkpoint
+
+
+def _with_resume_overrides(stored: RunConfig, given: RunConfig, echo) -> tuple[RunConfig, list[str]]:
+    """The stored config with the given run length applied; every other difference is named as ignored."""
+    before, now = _flat(stored.model_dump(mode="json")), _flat(given.model_dump(mode="json"))
+    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in _RECIPE_SET)
+    applied = [k for k in differ if k in RESUME_CHANGEABLE]
+    ignored = [k for k in differ if k not in RESUME_CHANGEABLE]
+    if applied:
+        updates = {k.split(".", 1)[1]: now.get(k) for k in applied}
+        stored = stored.model_copy(update={"train": stored.train.model_copy(update=updates)})
+        echo("--resume: " + ", ".join(f"{k} = {now.get(k)} (was {before.get(k)})" for k in applied))
+        if "train.epochs" in applied and stored.train.max_steps:
+            echo(f"warning: train.epochs has no effect while train.max_steps ({stored.train.max_steps}) sets the "
+                 "run's length; change --max-steps instead")
+    if ignored:
+        shown = ", ".join(f"{k} (run: {_short(before.get(k))}, given: {_short(now.get(k))})" for k in ignored[:8])
+        more = f" and {len(ignored) - 8} more" if len(ignored) > 8 else ""
+        echo(f"warning: --resume continues the run's stored config; ignored: {shown}{more}. Only "
+             f"{' / '.join(RESUME_CHANGEABLE)} may change on a resume; start a new run to change the others")
+    return stored, applied
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _train_or_restore(trainer, run: RunDir, checkpoint: Path | None, echo):
+    """trainer.train(), resuming from `checkpoint`. A checkpoint already at the end of training is never trained
+    past: a finished run returns None ("already finished"), one that stopped while writing its final model
+    is restored so the recipe writes it."""
+    if checkpoint is not None:
+        planned = trainer.planned_steps()
+        if planned is not None and checkpoint_step(checkpoint) >= planned:
+            if run.is_finished():
+                echo(f"{run.path} already finished ({checkpoint_step(checkpoint)} steps, the new length is "
+                     f"{planned}): nothing to do")
+                return None
+            echo(f"all {planned} steps were trained before the interruption; writing the final model from "
+                 f"{checkpoint.name}")
+            return trainer.finished_output(checkpoint)
+    return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+
+
+def _after_failure(run: RunDir, resume: bool, exc: BaseException, main: bool) -> BaseException:
+    """What to raise after a run stopped early. A new run with no checkpoint is removed, so the same command
+    starts it again (a run it was replacing is put back); an interruption says whether --resume can continue;
+    a full disk or an unwritable folder is one clear error. Anything else is re-raised as it is."""
+    import errno
+
+    last = run.last_complete_checkpoint() if run.path.is_dir() else None
+    removed = False
+    if not resume and last is None and main:
+        try:
+            removed = run.abandon()
+        except OSError:
+            pass
+    where = f" --output-dir {run.path}"
+    if isinstance(exc, KeyboardInterrupt):
+        name = getattr(exc, "signal_name", "SIGINT")
+        if last is not None:
+            return Interrupted(name, f"interrupted ({name}); {last.name} is saved: continue with "
+                                     f"`tunelab train ... --resume{where}`")
+        what = "; removed what it wrote" if removed else ""
+        return Interrupted(name, f"interrupted ({name}) before the first checkpoint, nothing to resume{what}; "
+                                 "run the same command again to start over")
+    if isinstance(exc, UserError):
+        return exc
+    if disk_full(exc):
+        target = getattr(exc, "filename", None) or run.path
+        kept = (f"the last good checkpoint ({last.name}) is kept; free some space and continue with --resume{where}"
+                if last is not None else "no checkpoint was saved yet; free some space and run it again")
+        return UserError(f"disk full while writing {target}; {kept}")
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS and exc.filename:
+        return UserError(f"cannot write {exc.filename}: read-only file system")
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
+        return UserError(f"permission denied: {exc.filename}")
+    return exc
 
 
 def _minutes(seconds: float) -> str:

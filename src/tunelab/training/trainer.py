@@ -18,6 +18,14 @@ takes transformers' plain path.
 
 The process-wide torch settings a run depends on (CPU threads, float32 matmul precision) are explicit
 arguments, applied only while `train`/`evaluate`/`predict` run and restored afterwards.
+
+Checkpoints are crash-safe: each is written into `<output_dir>/.saving/checkpoint-N` and renamed to
+`checkpoint-N` only when complete, so a kill -9, Ctrl-C or full disk while saving never leaves a torn
+checkpoint where a resume looks (`rundir.checkpoint_problem` still vets older or hand-made folders).
+Rotation (`save_total_limit`) counts complete checkpoints only. A full disk while saving is one clear
+error that names the checkpoint and keeps the last good one. Each checkpoint also records the running
+sum of per-step training losses, so `train_loss` after a resume covers the whole run, not only the
+resumed steps.
 """
 from __future__ import annotations
 
@@ -25,21 +33,24 @@ import inspect
 import json
 import logging
 import os
+import shutil
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from transformers import Trainer
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
-from tunelab.io import atomic_write_json
+from tunelab.errors import UserError
+from tunelab.io import atomic_write_json, disk_full
 from tunelab.models.hardware import matmul_precision as matmul_precision_scope
 from tunelab.models.threads import choose_cpu_threads, cpu_threads as cpu_threads_scope
 from tunelab.training.losses import (
     causal_lm_loss, kept_targets, linear_cross_entropy, supervised_positions, token_mean,
 )
 from tunelab.training.microbatch import split_by_token_budget
+from tunelab.training.rundir import checkpoint_problem, checkpoint_step
 from tunelab.training.sampler import LengthBucketSampler, example_lengths
 
 log = logging.getLogger(__name__)
@@ -50,6 +61,13 @@ DEFAULT_TOKEN_BUDGET = {"cpu": 1024, "cuda": 16384}
 
 CHECKPOINT_CHOICES = "tunelab_trainer.json"
 """Per checkpoint: the runtime choices a resumed run must repeat ({"fused_head_loss": true|false|null})."""
+
+CHECKPOINT_LOSS = "tunelab_loss.json"
+"""Per checkpoint: the running sum of per-step training losses ({"train_loss_sum": float, "train_loss_steps": int}),
+so the `train_loss` of a resumed run covers every step of the run."""
+
+STAGING = ".saving"
+"""Checkpoints are written into `<output_dir>/.saving/checkpoint-N`, then renamed into place."""
 
 
 class TunelabTrainer(Trainer):
@@ -68,6 +86,9 @@ class TunelabTrainer(Trainer):
         self._resumed_fused: bool | None = None  # the decision read back from the checkpoint resumed from
         self.token_budget = token_budget
         self._loss_only_prediction = False
+        self._staging = False  # True while the Trainer writes a checkpoint: it goes under STAGING
+        self._carried_loss: tuple[float, int] | None = None  # (loss sum, steps) before the resumed checkpoint
+        self.stop_reason: str | None = None  # set by a signal (callbacks.StopOnSignal): stop, keep the checkpoint
         super().__init__(*args, **kwargs)
         if self.token_budget == "auto":
             self.token_budget = DEFAULT_TOKEN_BUDGET.get(self.args.device.type)
@@ -89,27 +110,128 @@ class TunelabTrainer(Trainer):
             yield
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        self._carried_loss = None
         if resume_from_checkpoint:
-            checkpoint = (get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True
-                          else resume_from_checkpoint)
-            if checkpoint is not None:  # None: transformers raises its own "no valid checkpoint" error
-                self._restore_choices(checkpoint)
+            if resume_from_checkpoint is True:  # the newest *complete* one (transformers takes the newest folder)
+                last = _last_complete(Path(self.args.output_dir)) if self.args.output_dir else None
+                resume_from_checkpoint = str(last) if last is not None else True  # True: transformers' own error
+            if resume_from_checkpoint is not True:
+                problem = checkpoint_problem(resume_from_checkpoint)
+                if problem is not None:
+                    raise UserError(f"cannot resume from {resume_from_checkpoint}: {problem}")
+                self._restore_choices(resume_from_checkpoint)
+        staging = Path(self.args.output_dir or ".") / STAGING
+        if self.args.should_save and staging.is_dir():  # checkpoints a killed run was writing: never complete
+            shutil.rmtree(staging, ignore_errors=True)
         with self._torch_settings():
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self._carried_loss is not None:
+            whole = self._whole_run_loss(output.training_loss)
+            output = TrainOutput(output.global_step, whole, {**output.metrics, "train_loss": whole})
+        return output
 
     def predict(self, *args, **kwargs):
         with self._torch_settings():
             return super().predict(*args, **kwargs)
 
-    # -- checkpoints carry the runtime choices, so a resumed run repeats them ------------------
+    # -- checkpoints: written whole or not at all; they carry what a resumed run must repeat ----------
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING) if self._staging else run_dir
+
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            if folder.is_dir():
-                atomic_write_json(folder / CHECKPOINT_CHOICES, {"fused_head_loss": self._fused_decision})
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / STAGING / name
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)  # writes into staging (see _get_output_dir)
+            self._staging = False
+            self._complete_checkpoint(run_dir, staging, name)
+        except BaseException as exc:
+            self._staging = False
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)  # a partial checkpoint is never kept (and frees the disk)
+                _remove_if_empty(staging.parent)
+            if disk_full(exc):
+                last = _last_complete(run_dir)
+                kept = f"the last good checkpoint ({last.name}) is kept" if last else "no earlier checkpoint exists"
+                raise UserError(f"disk full while writing {run_dir / name}; {kept}. Free some space, then continue "
+                                "with --resume") from None
+            raise
+
+    def _complete_checkpoint(self, run_dir: Path, staging: Path, name: str) -> None:
+        self.accelerator.wait_for_everyone()  # every process has written its part
+        if not self.args.should_save:
+            return
+        final = run_dir / name
+        best = self.state.best_model_checkpoint
+        if best is not None and Path(best).parent.name == STAGING:  # the Trainer recorded the staging path
+            self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+        self.state.save_to_json(str(staging / "trainer_state.json"))
+        seen = self._total_loss_scalar + float(self._tr_loss.item()) if hasattr(self, "_tr_loss") else 0.0
+        carried_sum, carried_steps = self._carried_loss or (0.0, 0)
+        steps_now = self.state.global_step - getattr(self, "_initial_global_step", 0)
+        atomic_write_json(staging / CHECKPOINT_CHOICES, {"fused_head_loss": self._fused_decision})
+        atomic_write_json(staging / CHECKPOINT_LOSS, {"train_loss_sum": carried_sum + seen,
+                                                      "train_loss_steps": carried_steps + steps_now})
+        if final.exists():  # the same step saved again (e.g. after a resume): replace it whole
+            old = run_dir / STAGING / f"{name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        _remove_if_empty(run_dir / STAGING)
+        self._rotate(run_dir)
+
+    def _rotate(self, run_dir: Path) -> None:
+        """Keep the newest `save_total_limit` complete checkpoints and the best one; delete the rest, and any
+        incomplete checkpoint (a torn one from an earlier crash)."""
+        limit = self.args.save_total_limit
+        if not limit or limit <= 0:
+            return
+        found = sorted((checkpoint_step(p), p) for p in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                       if p.is_dir() and checkpoint_step(p) >= 0)
+        complete = [p for _, p in found if checkpoint_problem(p) is None]
+        keep = {p.name for p in complete[-limit:]}
+        if self.state.best_model_checkpoint is not None:
+            keep.add(Path(self.state.best_model_checkpoint).name)
+        for _, folder in found:
+            if folder.name not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # -- resuming a run whose training had already ended ------------------------------------
+    def planned_steps(self) -> int | None:
+        """The optimizer steps `train()` will run to (transformers' own count), or None if unknown."""
+        try:
+            return int(self.set_initial_training_values(self.args, self.get_train_dataloader())[-1])
+        except Exception:  # noqa: BLE001 - an unknown length only loses the "already finished" shortcut
+            return None
+
+    def finished_output(self, checkpoint: str | os.PathLike) -> TrainOutput:
+        """Restore a checkpoint saved at the end of training, as `train()` would have left the model (the best
+        checkpoint's weights when the run keeps the best), without running another step."""
+        from transformers.trainer_callback import TrainerState
+
+        checkpoint = Path(checkpoint)
+        self.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        best = self.state.best_model_checkpoint
+        use = Path(best) if self.args.load_best_model_at_end and best and checkpoint_problem(best) is None else checkpoint
+        with self._torch_settings():
+            self._load_from_checkpoint(str(use))
+        self._restore_choices(checkpoint)
+        carried_sum, carried_steps = self._carried_loss or (float("nan"), 1)
+        loss = carried_sum / carried_steps
+        return TrainOutput(self.state.global_step, loss, {"train_runtime": 0.0, "train_loss": loss})
 
     def _restore_choices(self, checkpoint: str | os.PathLike) -> None:
+        losses = Path(checkpoint) / CHECKPOINT_LOSS
+        if losses.is_file():
+            saved = json.loads(losses.read_text(encoding="utf-8"))
+            if saved.get("train_loss_steps"):
+                self._carried_loss = (float(saved["train_loss_sum"]), int(saved["train_loss_steps"]))
         path = Path(checkpoint) / CHECKPOINT_CHOICES
         if not path.is_file():
             return  # a checkpoint from before this file existed: decide afresh
@@ -117,6 +239,25 @@ class TunelabTrainer(Trainer):
         if self._resumed_fused is not None:
             self._fused_heads.clear()  # the checkpoint's decision wins over one made before train()
             self._fused_decision = self._resumed_fused
+
+    def _whole_run_loss(self, resumed_part: float) -> float:
+        """Mean training loss over every step of the run, from this call's mean and the checkpoint's sum."""
+        carried_sum, carried_steps = self._carried_loss
+        steps = self.state.global_step - carried_steps
+        total_steps = carried_steps + max(steps, 0)
+        return (carried_sum + resumed_part * max(steps, 0)) / total_steps if total_steps else resumed_part
+
+    def log(self, logs, *args, **kwargs):
+        if "train_loss" in logs and self._carried_loss is not None:  # the end-of-training summary
+            logs = {**logs, "train_loss": self._whole_run_loss(logs["train_loss"])}
+        return super().log(logs, *args, **kwargs)
+
+    def _finalize_training(self, *args, **kwargs):
+        if self.stop_reason is not None:
+            # Stopped by a signal: the checkpoint just saved is what a resume needs. Loading the best model
+            # would cost time for nothing, and save_total_limit=1 would delete that checkpoint.
+            self.state.best_model_checkpoint = None
+        return super()._finalize_training(*args, **kwargs)
 
     # -- batching -----------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -240,6 +381,19 @@ class TunelabTrainer(Trainer):
         if added:
             self.log(added)
         return metrics
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _last_complete(folder: Path) -> Path | None:
+    complete = sorted((checkpoint_step(p), p) for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                      if p.is_dir() and checkpoint_problem(p) is None)
+    return complete[-1][1] if complete else None
 
 
 def _sized(dataset) -> bool:
