@@ -170,3 +170,32 @@ def test_loading_a_lora_classifier_prints_no_missing_head_report(shared_data, tm
     captured = capfd.readouterr()
     assert "MISSING" not in captured.err + captured.out
     assert run.task.classes == sorted(rows["category"].unique())
+
+
+def test_quickstart_scores_answers_before_and_after_on_the_held_out_rows(tiny_llama, tmp_path):
+    from tunelab.quickstart import run_quickstart
+
+    result = run_quickstart(str(tmp_path / "qs"), {"model.name_or_path": str(tiny_llama), "train.max_steps": 2,
+                                                   "generation.max_new_tokens": 4, "data.max_rows": 60},
+                            echo=lambda *_: None)
+    held_out = tunelab.held_out_rows(result.run_dir)
+    assert result.answers["question"].tolist() == held_out["question"].tolist()
+    for column in ("rougeL_before", "rougeL_after"):
+        assert result.answers[column].between(0, 1).all()
+    assert result.rouge_l == pytest.approx((result.answers["rougeL_before"].mean(), result.answers["rougeL_after"].mean()))
+    saved = pd.read_csv(result.run_dir / "quickstart_samples.csv")
+    assert len(saved) == len(held_out) and "eval_before_loss" in result.metrics
+
+
+def test_loss_curves_start_eval_at_step_0_and_smooth_train_loss():
+    from tunelab.training.callbacks import loss_curves
+
+    history = [{"step": 0, "eval_before_loss": 3.0}, {"step": 1, "loss": 2.0}, {"step": 2, "loss": 4.0},
+               {"step": 2, "eval_loss": 2.5}, {"step": 4, "loss": 1.0}, {"step": 4, "eval_loss": 2.0},
+               {"step": 4, "eval_loss": 2.0, "after_training": True}]
+    curves = loss_curves(history, smoothing=0.5)
+    assert curves["eval"] == [(0, 3.0), (2, 2.5), (4, 2.0)]
+    assert curves["train"] == [(1, 2.0), (2, 4.0), (4, 1.0)]
+    # bias-corrected EMA: the first point is the first value itself
+    assert curves["train_smoothed"][0] == (1, pytest.approx(2.0))
+    assert curves["train_smoothed"][1] == (2, pytest.approx((0.25 * 2.0 + 0.5 * 4.0) / 0.75))

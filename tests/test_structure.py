@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 # cli -> api (+ evaluation, lab) -> training / inference -> tasks -> models / data -> leaves.
 LAYERS = {
     "cli": 7,
-    "evaluation": 6, "lab": 6, "sweeps": 6,
+    "evaluation": 6, "lab": 6, "quickstart": 6, "sweeps": 6,
     "api": 5,
     "training": 4,
     "inference": 3,

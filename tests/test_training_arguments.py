@@ -38,8 +38,12 @@ def test_one_schedule_set_the_other_follows(tmp_path, train, every):
     assert (args.eval_steps, args.save_steps) == every
 
 
-def test_neither_set_evaluates_and_saves_every_epoch(tmp_path):
-    args = arguments(tmp_path)
+def test_neither_set_evaluates_about_four_times_a_run_or_every_epoch_for_tiny_runs(tmp_path):
+    args = arguments(tmp_path, max_steps=20)  # the loss curve gets eval points during training, not only at the end
+    assert (args.eval_strategy, args.eval_steps, args.save_strategy, args.save_steps) == ("steps", 5, "steps", 5)
+    args = arguments(tmp_path, epochs=2, batch_size=8)  # 64 rows / 8 = 8 steps an epoch, 16 in all
+    assert (args.eval_steps, args.save_steps) == (4, 4)
+    args = arguments(tmp_path, max_steps=5)
     assert (args.eval_strategy, args.save_strategy) == ("epoch", "epoch")
 
 

@@ -35,7 +35,8 @@ def evaluate_generation(data: str | Path, run_dir: str | Path | None = None, *, 
                         task: str | None = None, config: str | Path | RunConfig | None = None,
                         output_dir: str | Path | None = None, max_rows: int | None = None,
                         generation: dict[str, Any] | None = None, device: str | None = None,
-                        echo: Callable[[str], None] = print, trust_remote_code: bool = False) -> EvalResult:
+                        echo: Callable[[str], None] = print, trust_remote_code: bool = False,
+                        overwrite: bool = False) -> EvalResult:
     """Generate for every row of `data` and score against its references.
 
     Give `run_dir` (a finished run) or `model` (alias/folder, evaluated untrained with `task`'s prompts,
@@ -45,6 +46,11 @@ def evaluate_generation(data: str | Path, run_dir: str | Path | None = None, *, 
     """
     loaded = _load(run_dir, model, task, config, device, trust_remote_code)
     task_obj, cfg = loaded.task, loaded.config
+    out = Path(output_dir) if output_dir else _default_output_dir(run_dir, cfg.model.name_or_path, data)
+    existing = [p for p in (out / "predictions.jsonl", out / "eval_metrics.json") if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]} exists from an earlier evaluation; pass --overwrite to replace it, "
+                        "or choose another --output-dir")
     require_capability(task_obj, GenerativeTask, "`tunelab eval` (it scores generated text)")
     gen = _generation_config(cfg.generation, generation or {})
 
@@ -60,7 +66,6 @@ def evaluate_generation(data: str | Path, run_dir: str | Path | None = None, *, 
     scores = task_obj.score_predictions(predictions)
     predictions.insert(0, "row", [int(i) + 1 for i in frame.index])
 
-    out = Path(output_dir) if output_dir else _default_output_dir(run_dir, cfg.model.name_or_path, data)
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {k: round(float(v), 4) for k, v in scores.items()}
     metrics.update({

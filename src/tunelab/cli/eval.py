@@ -27,6 +27,7 @@ def eval_command(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Prompts generated together."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP),
+    overwrite: bool = typer.Option(False, help="Replace the results of an earlier evaluation in the output dir."),
 ):
     """Generate for every row of --data and score it (ROUGE for summarize); before/after training alike."""
     from tunelab.evaluation import evaluate_generation
@@ -36,7 +37,7 @@ def eval_command(
         data, run_dir=run_dir, model=model, task=task, config=config, output_dir=output_dir, max_rows=max_rows,
         generation=dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                         repetition_penalty=repetition_penalty, do_sample=do_sample, batch_size=batch_size),
-        device=device, echo=console.print, trust_remote_code=trust_remote_code)
+        device=device, echo=console.print, trust_remote_code=trust_remote_code, overwrite=overwrite)
     scores = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     console.print_json(data=scores)
     console.print(f"predictions: {result.predictions_path}\nmetrics: {result.metrics_path}")

@@ -22,7 +22,7 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
     if t.use_liger_kernel and not hardware.is_cuda:
         raise UserError("train.use_liger_kernel needs a CUDA GPU; none is visible on this machine")
     use_liger = t.use_liger_kernel if t.use_liger_kernel is not None else (hardware.is_cuda and _installed("liger_kernel"))
-    strategy, eval_every, save_every = _schedule(t.eval_steps, t.save_steps, has_eval)
+    strategy, eval_every, save_every = _schedule(t.eval_steps, t.save_steps, has_eval, total_steps)
     metric, greater = task.metric_for_best_model()
     return TrainingArguments(
         output_dir=str(run.checkpoints),
@@ -60,15 +60,25 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
     )
 
 
-def _schedule(eval_steps: int | None, save_steps: int | None, has_eval: bool) -> tuple[str, int | None, int | None]:
-    """(strategy, eval every, save every). Each unset value follows the other; neither set: once per epoch.
+EVALS_PER_RUN = 4
+"""Neither eval_steps nor save_steps set: evaluate (and checkpoint) about this often in a run of 8+ steps,
+so the loss curve shows the eval loss during training, not only at the end (and a crash loses little)."""
+
+
+def _schedule(eval_steps: int | None, save_steps: int | None, has_eval: bool,
+              total_steps: int = 0) -> tuple[str, int | None, int | None]:
+    """(strategy, eval every, save every). Each unset value follows the other; neither set: every
+    total/EVALS_PER_RUN steps for runs of 8+ steps, else once per epoch.
 
     With eval data the best checkpoint is kept (`load_best_model_at_end`), which needs a save at an
     evaluated step: transformers requires save_steps to be a multiple of eval_steps. Conflicting
     values are the user's to resolve, never silently replaced.
     """
     if not eval_steps and not save_steps:
-        return "epoch", None, None
+        if total_steps < 8:
+            return "epoch", None, None
+        every = math.ceil(total_steps / EVALS_PER_RUN)
+        return "steps", every, every
     eval_every = eval_steps or save_steps
     save_every = save_steps or eval_steps
     if has_eval and save_every % eval_every:

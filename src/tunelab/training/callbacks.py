@@ -176,8 +176,21 @@ def _json_line(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
+def loss_curves(history: list[dict], smoothing: float = 0.6) -> dict[str, list[tuple[float, float]]]:
+    """(step, value) series for the loss plot: raw train loss, its exponential moving average (bias-corrected,
+    as TensorBoard smooths), and eval loss from step 0 (before training) through every evaluation."""
+    train = [(r["step"], r["loss"]) for r in history if "loss" in r and not r.get("after_training")]
+    smoothed, average = [], 0.0
+    for i, (step, value) in enumerate(train, 1):
+        average = smoothing * average + (1 - smoothing) * value
+        smoothed.append((step, average / (1 - smoothing**i)))
+    evals = [(0, r["eval_before_loss"]) for r in history if "eval_before_loss" in r][:1]
+    evals += sorted({r["step"]: r["eval_loss"] for r in history if "eval_loss" in r}.items())
+    return {"train": train, "train_smoothed": smoothed, "eval": evals}
+
+
 def plot_history(run: RunDir) -> None:
-    """plots/loss.png: train loss per logging step and eval loss per evaluation."""
+    """plots/loss.png: train loss (raw and smoothed) per logging step, eval loss from step 0 on."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,14 +198,13 @@ def plot_history(run: RunDir) -> None:
 
     from tunelab.io import atomic_path
 
-    history = run.read_history()
-    train = [(r["step"], r["loss"]) for r in history if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
+    curves = loss_curves(run.read_history())
     fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss", marker=".")
-    if evals:
-        ax.plot(*zip(*evals), label="eval loss", marker="o")
+    if curves["train"]:
+        ax.plot(*zip(*curves["train"]), label="train loss", color="#4c72b0", alpha=0.35, marker=".")
+        ax.plot(*zip(*curves["train_smoothed"]), label="train loss (smoothed)", color="#4c72b0")
+    if curves["eval"]:
+        ax.plot(*zip(*curves["eval"]), label="eval loss", color="#c44e52", marker="o")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(run.path.name)
