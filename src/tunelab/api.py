@@ -26,11 +26,13 @@ from tunelab.errors import UserError
 from tunelab.models import Hardware, detect_hardware, load_model, load_tokenizer
 from tunelab.models.loading import predict_dtype
 from tunelab.tasks import get_task
-from tunelab.tasks.base import GenerativeTask, ProbabilisticTask, Task, require_capability
+from tunelab.tasks.base import (
+    GenerativeTask, ProbabilisticTask, SequenceClassificationTask, Task, require_capability,
+)
 from tunelab.training.recipe import RunResult, train
 from tunelab.training.rundir import RunDir
 
-__all__ = ["train", "RunResult", "load", "load_base", "load_target", "LoadedRun", "held_out_rows", "ensemble",
+__all__ = ["train", "RunResult", "load", "load_task", "load_base", "load_target", "LoadedRun", "held_out_rows", "ensemble",
            "normalise_weights", "check_prediction_output", "export_bundle", "check_submission_file", "run_test_mode", "TestReport"]
 
 log = logging.getLogger(__name__)
@@ -79,26 +81,37 @@ class LoadedRun:
         return evaluate_rows(self.task, self.model, self.tokenizer, frame, max_rows=max_rows)[0]
 
 
-def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False) -> LoadedRun:
+def load_task(run_dir: str | Path) -> tuple[RunConfig, Task]:
+    """A run's (or bundle's) config and its task with the state learned in training; no model is loaded."""
+    run = RunDir(Path(run_dir))
+    if not run.config.exists():
+        raise UserError(f"{run.path} is not a tunelab run (no config.yaml)")
+    config = load_config(run.config)
+    task = get_task(config.task.name)(config)
+    if run.task_state.exists():
+        task.load_state(json.loads(run.task_state.read_text(encoding="utf-8")))
+    return config, task
+
+
+def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False,
+         capability: type[Task] | None = None, action: str | None = None) -> LoadedRun:
     """Load a finished run (or an exported bundle) for inference: config, task state, model, tokenizer.
 
     A LoRA adapter is merged into an fp32 copy of the base, then the model is cast to the run's
     `model.predict_dtype`. The run's own config can never turn on remote code: only `trust_remote_code`.
+    With `capability`, a task without it is a UserError (naming `action`) before any weights are read.
     """
     run = RunDir(Path(run_dir))
-    if not run.config.exists():
-        raise UserError(f"{run.path} is not a tunelab run (no config.yaml)")
+    config, task = load_task(run.path)
+    if capability is not None:
+        require_capability(task, capability, action or "this command")  # before any weights are read
     if not (run.final / "config.json").exists() and not (run.final / "adapter_config.json").exists():
         raise UserError(f"{run.path} has no trained model in final/ (did training finish? `tunelab train ... --resume`)")
-    config = load_config(run.config)
     if config.model.trust_remote_code and not trust_remote_code:
         log.warning("%s asks for trust_remote_code; ignored (pass --trust-remote-code if you trust its code)", run.config)
     config.model.trust_remote_code = trust_remote_code
     if device:
         config.model.device = device
-    task = get_task(config.task.name)(config)
-    if run.task_state.exists():
-        task.load_state(json.loads(run.task_state.read_text(encoding="utf-8")))
     hardware = detect_hardware(config.model)
     final_cfg = config.model.model_copy(update={"name_or_path": str(run.final)})
     tokenizer = load_tokenizer(final_cfg)
@@ -133,10 +146,11 @@ def load_base(model: str, task: str = "sft", config: RunConfig | None = None, de
     return LoadedRun(config=config, task=task_obj, model=m, tokenizer=tokenizer, hardware=hardware, run_dir=None)
 
 
-def load_target(target: str | Path, device: str | None = None, trust_remote_code: bool = False) -> LoadedRun:
+def load_target(target: str | Path, device: str | None = None, trust_remote_code: bool = False,
+                capability: type[Task] | None = None, action: str | None = None) -> LoadedRun:
     """A run directory (it holds config.yaml) or else a model alias/folder, untrained."""
     if (Path(target) / "config.yaml").exists():
-        return load(target, device=device, trust_remote_code=trust_remote_code)
+        return load(target, device=device, trust_remote_code=trust_remote_code, capability=capability, action=action)
     return load_base(str(target), device=device)
 
 
@@ -152,8 +166,7 @@ def held_out_rows(run: LoadedRun | str | Path) -> pd.DataFrame:
                         "saved its split, or with data.eval_fraction 0 and no eval_path")
     if not saved["rows"]:
         raise UserError(f"{run_dir.path}: the run has no held-out rows (data.eval_fraction was 0 and no eval_path)")
-    config = loaded.config if loaded else load_config(run_dir.config)
-    task = loaded.task if loaded else get_task(config.task.name)(config)
+    config, task = (loaded.config, loaded.task) if loaded else load_task(run_dir.path)
     frame = load_frame(saved["source"], config, task, "eval")
     positions = [r - 1 for r in saved["rows"]]
     if max(positions) >= len(frame):
@@ -176,10 +189,7 @@ def ensemble(run_dirs: list[str | Path], data: str | Path, weights: list[float] 
     weights = normalise_weights(weights, len(run_dirs))
     first_task, first_frame, total = None, None, None
     for run_dir, weight in zip(run_dirs, weights):
-        run = load(run_dir, device=device, trust_remote_code=trust_remote_code)
-        task = require_capability(run.task, ProbabilisticTask, f"ensembling ({run_dir})")
-        frame = run.read(data)
-        probs = task.predict_proba(run.model, run.tokenizer, frame)
+        task, frame, probs = _member_probabilities(run_dir, data, device, trust_remote_code)
         if first_task is None:
             first_task, first_frame, total = task, frame, np.zeros_like(probs)
         else:
@@ -193,9 +203,29 @@ def ensemble(run_dirs: list[str | Path], data: str | Path, weights: list[float] 
                 raise UserError(f"{run_dir}: read {len(frame)} rows of {data}, the first run read {len(first_frame)}")
             probs = probs[:, [task.classes.index(c) for c in first_task.classes]]
         total += weight * probs
-        del run
         gc.collect()
     return first_task, first_frame, total
+
+
+BASELINE_PREFIX = "baseline:"
+"""An ensemble member `baseline:RUN` is RUN's classical TF-IDF baseline (baseline.npz, fitted in training)."""
+
+
+def _member_probabilities(member: str | Path, data, device=None, trust_remote_code: bool = False):
+    """(task, prepared frame, probabilities) of one ensemble member: a run dir / bundle, or `baseline:RUN`."""
+    from tunelab.data.pipeline import load_frame
+
+    text = str(member)
+    if text.startswith(BASELINE_PREFIX):
+        source = Path(text[len(BASELINE_PREFIX):])
+        config, task = load_task(source)
+        task = require_capability(task, SequenceClassificationTask, f"ensembling its baseline ({member})")
+        frame = load_frame(str(data), config, task, "predict")
+        return task, frame, task.baseline_proba(source, frame)
+    run = load(member, device=device, trust_remote_code=trust_remote_code, capability=ProbabilisticTask,
+               action=f"ensembling ({member})")
+    frame = run.read(data)
+    return run.task, frame, run.task.predict_proba(run.model, run.tokenizer, frame)
 
 
 def check_prediction_output(output: str | Path, overwrite: bool, data: str | Path, run_dirs: list[str | Path]) -> None:
@@ -204,7 +234,7 @@ def check_prediction_output(output: str | Path, overwrite: bool, data: str | Pat
     from tunelab.io import check_output_file
     from tunelab.training.rundir import RUN_ENTRIES
 
-    run_dirs = [Path(d) for d in run_dirs]
+    run_dirs = [Path(str(d).removeprefix(BASELINE_PREFIX)) for d in run_dirs]
     files = [Path(data)] + [d / name for d in run_dirs for name in RUN_ENTRIES]
     folders = [d / name for d in run_dirs for name in ("final", "checkpoints", "plots")]
     check_output_file(output, overwrite, inputs=files, protected=folders)

@@ -24,11 +24,11 @@ def chat(
     """Talk to a model; tokens stream as they are generated. /reset clears the history, /exit quits."""
     from tunelab.api import load_target
     from tunelab.inference.chat import ChatSession
-    from tunelab.tasks.base import GenerativeTask, require_capability
+    from tunelab.tasks.base import GenerativeTask
 
     warn_remote_code(trust_remote_code)
-    run = load_target(target, device, trust_remote_code=trust_remote_code)
-    require_capability(run.task, GenerativeTask, "`tunelab chat`")
+    run = load_target(target, device, trust_remote_code=trust_remote_code, capability=GenerativeTask,
+                      action="`tunelab chat`")
     session = ChatSession(run.model, run.tokenizer, run.config.generation.model_copy(update=dict(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, do_sample=not greedy)), system=system)
     console.print(f"chatting with {target} — /reset to clear, /exit to quit")
@@ -69,12 +69,12 @@ def generate(
 ):
     """Batched generation for every row of a file; writes one JSON object per row."""
     from tunelab.api import check_prediction_output, load_target
-    from tunelab.tasks.base import GenerativeTask, require_capability
+    from tunelab.tasks.base import GenerativeTask
 
     check_prediction_output(output, overwrite, data, [Path(target)])
     warn_remote_code(trust_remote_code)
-    run = load_target(target, device, trust_remote_code=trust_remote_code)
-    require_capability(run.task, GenerativeTask, "`tunelab generate`")
+    run = load_target(target, device, trust_remote_code=trust_remote_code, capability=GenerativeTask,
+                      action="`tunelab generate`")
     updates = {k: v for k, v in dict(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
                                      temperature=temperature, top_p=top_p).items() if v is not None}
     run.config.generation = run.config.generation.model_copy(update=updates)
@@ -101,7 +101,10 @@ def test_run(
     from tunelab.api import load, run_test_mode
 
     warn_remote_code(trust_remote_code)
-    report = run_test_mode(load(run_dir, device=device, trust_remote_code=trust_remote_code),
+    from tunelab.tasks.base import GenerativeTask
+
+    report = run_test_mode(load(run_dir, device=device, trust_remote_code=trust_remote_code, capability=GenerativeTask,
+                                action="test mode"),
                            per_category=per_category, max_new_tokens=max_new_tokens)
     table = Table(show_lines=True, title=f"{run_dir}: {len(report.answers)} held-out questions")
     for col in ("category", "question", "answer", "reference"):

@@ -47,7 +47,8 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 @app.command("ensemble")
 @user_errors
-def ensemble(run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories of the same task."),
+def ensemble(run_dirs: list[str] = typer.Argument(..., help="Two or more run directories of the same task; "
+                                                   "`baseline:RUN` is that run's TF-IDF baseline."),
              data: Path = typer.Option(..., "--data"),
              output: Path = typer.Option(..., "--output"),
              weights: Optional[str] = typer.Option(None, "--weights", help="e.g. 0.6,0.4 (default: equal)."),

@@ -151,7 +151,6 @@ class PreferenceTask(SequenceClassificationTask):
         self.id_field = self.options.id_field
         self.classes: list[str] = list(WINNERS)
         self.class_counts: list[int] = []
-        self.segment_ids = True  # runs saved before token_type_ids were used load with False (see load_state)
 
     # -- data -----------------------------------------------------------------
     def prepare(self, frame: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -210,14 +209,12 @@ class PreferenceTask(SequenceClassificationTask):
         self.class_counts = np.bincount(labels, minlength=n).tolist()
 
     def state(self) -> dict[str, Any]:
-        return {"classes": self.classes, "class_counts": self.class_counts, "temperature": self.temperature,
-                "segment_ids": self.segment_ids}
+        return {"classes": self.classes, "class_counts": self.class_counts, "temperature": self.temperature}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.classes = list(state["classes"])
         self.class_counts = list(state.get("class_counts", []))
         self.temperature = float(state.get("temperature", 1.0))
-        self.segment_ids = bool(state.get("segment_ids", False))
 
     # -- encoding -------------------------------------------------------------
     def _check_inputs(self, frame: pd.DataFrame) -> None:
@@ -233,10 +230,6 @@ class PreferenceTask(SequenceClassificationTask):
 
     def input_ids(self, frame: pd.DataFrame, tokenizer, max_length: int) -> list[list[int]]:
         """`[CLS] prompt [SEP] a [SEP] b [SEP]` per row; the prompt keeps its end, responses their start."""
-        return [ids for ids, _ in self._segments(frame, tokenizer, max_length)]
-
-    def _segments(self, frame: pd.DataFrame, tokenizer, max_length: int) -> list[tuple[list[int], int]]:
-        """(input ids, length of `[CLS] prompt [SEP] a [SEP]`) per row."""
         self._check_inputs(frame)
         start, sep = self._specials(tokenizer)
         budget = max_length - len(start) - 3
@@ -246,8 +239,7 @@ class PreferenceTask(SequenceClassificationTask):
         rows = []
         for p, a, b in zip(prompts, answers_a, answers_b):
             lp, la, lb = fair_allocation(len(p), len(a), len(b), budget, self.options.prompt_share)
-            first = start + (p[len(p) - lp:] if lp else []) + [sep] + a[:la] + [sep]
-            rows.append((first + b[:lb] + [sep], len(first)))
+            rows.append(start + (p[len(p) - lp:] if lp else []) + [sep] + a[:la] + [sep] + b[:lb] + [sep])
         return rows
 
     def texts_for_length(self, frame, tokenizer):
@@ -264,16 +256,7 @@ class PreferenceTask(SequenceClassificationTask):
         return [len(start) + 3 + len(p) + len(a) + len(b) for p, a, b in zip(*parts)]
 
     def encode(self, frame, tokenizer, max_length):
-        """Examples with input_ids, attention_mask and, for tokenizers with segments (BERT-style), token_type_ids
-        0 for `[CLS] prompt [SEP] a [SEP]` and 1 for `b [SEP]`: the model sees which response is which directly,
-        not only through the position of the second [SEP]."""
-        segments = self.segment_ids and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
-        examples = []
-        for ids, first in self._segments(frame, tokenizer, max_length):
-            example = {"input_ids": ids, "attention_mask": [1] * len(ids)}
-            if segments:
-                example["token_type_ids"] = [0] * first + [1] * (len(ids) - first)
-            examples.append(example)
+        examples = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in self.input_ids(frame, tokenizer, max_length)]
         if LABEL in frame.columns:
             labels = frame[LABEL].astype(int).to_numpy()
             if (labels >= len(self.classes)).any():

@@ -65,6 +65,9 @@ def calibrate(task, held_out: pd.DataFrame, raw: np.ndarray, metrics: dict) -> l
     task.temperature = fit_temperature(y, p)
     before, after = log_loss(y, p), log_loss(y, apply_temperature(p, task.temperature))
     metrics.update(temperature=round(task.temperature, 6), log_loss_uncalibrated=before)
+    if task.temperature == 1.0:
+        return [f"calibration: temperature stays 1 (no temperature lowers the log loss {before:.4f} of {len(y)} "
+                "held-out rows by more than noise)"]
     return [f"calibration: temperature {task.temperature:.3f} fitted on {len(y)} held-out rows; "
             f"log loss {before:.4f} -> {after:.4f} (saved with the run, applied at predict time)"]
 
