@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-HF_HUB_OFFLINE=1 exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider --durations=15 "$@"
+HF_HUB_OFFLINE=1 exec .venv/bin/python -m pytest -q -rsx -p no:cacheprovider --durations=15 "$@"

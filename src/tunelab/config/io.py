@@ -19,22 +19,14 @@ from tunelab.config.presets import PRESETS, apply_preset
 from tunelab.config.schema import RunConfig
 from tunelab.errors import UserError, did_you_mean
 from tunelab.io import atomic_write_text
+from tunelab.io.files import read_user_file
 from tunelab.plugins import load_task_class
 
 
 def read_yaml(path: str | Path) -> dict:
     """A YAML config file as a dict; every problem is one UserError naming the file (and line, column)."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"config file not found: {path}")
-    if path.is_dir():
-        raise UserError(f"{path} is a folder; give a YAML config file")
-    try:
-        raw = path.read_bytes()
-    except PermissionError:
-        raise UserError(f"cannot read {path}: permission denied") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
+    raw = read_user_file(path, "config file")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from tunelab.errors import UserError
+from tunelab.io.files import read_user_file
 
 if TYPE_CHECKING:
     from tunelab.data.validate import DataReport
@@ -282,12 +283,8 @@ def read_table(path: str | Path, encoding: str = "auto", report: DataReport | No
     and, when a `report` is given, in `report.encoding` / `report.encoding_confidence`.
     """
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"data file not found: {path}")
-    if path.is_dir():
-        raise UserError(f"{path} is a folder; give a data file")
+    raw = read_user_file(path, "data file")
     fmt = detect_format(path)
-    raw = _read_bytes(path)
     if path.suffix.lower() == ".gz":
         try:
             raw = gzip.decompress(raw)
@@ -312,15 +309,6 @@ def read_table(path: str | Path, encoding: str = "auto", report: DataReport | No
         if report is not None:
             report.encoding, report.encoding_confidence = decoded.encoding, decoded.confidence
     return frame
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except PermissionError:
-        raise UserError(f"cannot read {path}: permission denied") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
 
 
 _KIND = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false", type(None): "null"}

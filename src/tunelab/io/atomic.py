@@ -34,20 +34,26 @@ def atomic_path(target: str | Path, is_dir: bool = False) -> Iterator[Path]:
         tmp = Path(name)
     try:
         yield tmp
-        if is_dir and target.exists():
-            # os.replace cannot swap a non-empty directory: move the old one aside first.
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_path(tmp, target)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_path(source: Path, target: Path) -> None:
+    """Move `source` (a file or a complete folder) to `target`, replacing what is there whole."""
+    if source.is_dir() and target.exists():
+        # os.replace cannot swap a non-empty directory: move the old one aside first.
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, target)
 
 
 def atomic_write_text(target: str | Path, text: str) -> Path:

@@ -18,6 +18,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from tunelab.config.schema import TaskConfig
+from tunelab.data.validate import is_missing
 from tunelab.errors import UserError, did_you_mean
 from tunelab.tasks.base import Fields, SequenceClassificationTask
 from tunelab.tasks.map_misconception import PROCESSORS
@@ -108,7 +109,7 @@ class ClassifyTask(SequenceClassificationTask):
         if LABEL in frame.columns:
             frame = frame.copy()
             # Labels compare as stripped text (`" pets"` == `"pets"`); missing stays missing for `clean` to report.
-            frame[LABEL] = frame[LABEL].map(lambda v: None if _missing(v) else str(v).strip())
+            frame[LABEL] = frame[LABEL].map(lambda v: None if is_missing(v) else str(v).strip())
         return frame
 
     def fit(self, train: pd.DataFrame) -> None:
@@ -151,7 +152,7 @@ class ClassifyTask(SequenceClassificationTask):
                             f"columns are: {', '.join(map(str, frame.columns))}")
         texts = []
         for record in frame.to_dict("records"):
-            values = {str(k): "" if _missing(v) else str(v) for k, v in record.items()}
+            values = {str(k): "" if is_missing(v) else str(v) for k, v in record.items()}
             texts.append(self.template(values, self.context, tokenizer))
         return texts
 
@@ -266,11 +267,6 @@ def _as_list(value) -> list:
             raise UserError(f"top-k cell `{value}` is not a list of labels (a JSON array)")
         return parsed
     return list(value)
-
-
-def _missing(value) -> bool:
-    """None or NaN (an empty string is a value here: the template renders it as-is)."""
-    return value is None or (isinstance(value, float) and value != value)
 
 
 def _preview(items: list[str], n: int = 8) -> str:

@@ -25,6 +25,7 @@ import pandas as pd
 from pydantic import Field
 
 from tunelab.config.schema import TaskConfig
+from tunelab.data.validate import is_missing
 from tunelab.errors import UserError, did_you_mean
 from tunelab.tasks.base import Fields, SequenceClassificationTask
 
@@ -85,7 +86,7 @@ def turns_text(value) -> str:
             return value
         if isinstance(turns, list):
             return "\n\n".join(str(t) for t in turns if t is not None)
-    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+    return "" if is_missing(value) else str(value)
 
 
 def swap_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -175,14 +175,7 @@ class TunelabTrainer(Trainer):
         atomic_write_json(staging / CHECKPOINT_CHOICES, {"fused_head_loss": self._fused_decision})
         atomic_write_json(staging / CHECKPOINT_LOSS, {"train_loss_sum": carried_sum + seen,
                                                       "train_loss_steps": carried_steps + steps_now})
-        if final.exists():  # the same step saved again (e.g. after a resume): replace it whole
-            old = run_dir / STAGING / f"{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
+        replace_path(staging, final)  # the same step saved again (e.g. after a resume) is replaced whole
         _remove_if_empty(run_dir / STAGING)
         self._rotate(run_dir)
 
