@@ -54,7 +54,9 @@ def pytest_runtest_makereport(item, call):
     """In CI (CI=true) the shared data and packaged models are always there: a skipped e2e test is a failure."""
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and os.environ.get("CI") == "true" and item.get_closest_marker("e2e"):
+    # An xfail (a known, reported product gap; -rx lists it with its reason) is not a skip.
+    if (report.skipped and not hasattr(report, "wasxfail") and os.environ.get("CI") == "true"
+            and item.get_closest_marker("e2e")):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"end-to-end test skipped in CI, which always has ../shared/data: {reason}"

@@ -503,7 +503,7 @@ def test_trust_remote_code_flag_reaches_the_loader(command, finished_run, tmp_pa
 
     seen = []
 
-    def fake_load(run_dir, device=None, trust_remote_code=False):
+    def fake_load(run_dir, device=None, trust_remote_code=False, **_):
         seen.append(trust_remote_code)
         raise UserError("stop here")
 

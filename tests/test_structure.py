@@ -1,11 +1,9 @@
 """The package's layers only point down, and every module imports on its own in any order."""
 import ast
-import importlib
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 

@@ -26,7 +26,6 @@ import inspect
 import json
 import math
 import shutil
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path

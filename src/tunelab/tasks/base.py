@@ -30,7 +30,7 @@ from tunelab.config.schema import RunConfig, TaskConfig
 
 if TYPE_CHECKING:
     import numpy as np
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 Head = Literal["causal_lm", "sequence_classification"]
 

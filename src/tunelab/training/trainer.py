@@ -44,6 +44,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from tunelab.errors import UserError
 from tunelab.io import atomic_write_json, disk_full
+from tunelab.io.atomic import replace_path
 from tunelab.models.hardware import matmul_precision as matmul_precision_scope
 from tunelab.models.threads import choose_cpu_threads, cpu_threads as cpu_threads_scope
 from tunelab.training.losses import (
