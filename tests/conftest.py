@@ -27,6 +27,40 @@ def smollm_tokenizer():
     return load_tokenizer(ModelConfig(name_or_path="smollm2-135m-instruct"))
 
 
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, smollm_tokenizer):
+    """A tiny random Llama (built from a config) with SmolLM2's real tokenizer: for mechanics tests that need
+    seconds, not minutes. Real-model end-to-end tests use the packaged models."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(smollm_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=smollm_tokenizer.pad_token_id,
+        bos_token_id=smollm_tokenizer.bos_token_id, eos_token_id=smollm_tokenizer.eos_token_id))
+    model.save_pretrained(folder)
+    smollm_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_sft_raw(model_dir, out, data=None, dtype="auto", **train) -> dict:
+    """A raw SFT config for `tiny_llama` on the shipped real QA sample: 40 rows, a quarter held out, seconds a run."""
+    from tunelab.resources import resource_path
+
+    return {
+        "task": {"name": "sft"},
+        "model": {"name_or_path": str(model_dir), "dtype": dtype},
+        "data": {"train_path": str(data or resource_path("qa_en_instructions.csv")), "max_rows": 40,
+                 "eval_fraction": 0.25, "seed": 3},
+        "lora": {"r": 4, "alpha": 8},
+        "train": {"preset": "fast", "max_steps": 3, "batch_size": 4, "max_length": 128, "learning_rate": 1e-3,
+                  "output_dir": str(out), "logging_steps": 1, "estimate_steps": 0, **train},
+        "generation": {"max_new_tokens": 4, "batch_size": 8},
+    }
+
+
 @pytest.fixture
 def cli():
     """Run the CLI in-process; returns (exit_code, output)."""

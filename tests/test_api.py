@@ -17,35 +17,13 @@ from tunelab.config import build_config
 from tunelab.errors import UserError
 from tunelab.resources import resource_path
 
+from conftest import tiny_sft_raw
+
 QA = resource_path("qa_en_instructions.csv")
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory, smollm_tokenizer):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(smollm_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, pad_token_id=smollm_tokenizer.pad_token_id,
-        bos_token_id=smollm_tokenizer.bos_token_id, eos_token_id=smollm_tokenizer.eos_token_id))
-    model.save_pretrained(folder)
-    smollm_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _sft_config(model_dir, out, data=QA, **train):
-    return build_config({
-        "task": {"name": "sft"},
-        "model": {"name_or_path": str(model_dir), "dtype": train.pop("dtype", "auto")},
-        "data": {"train_path": str(data), "max_rows": 40, "eval_fraction": 0.25, "seed": 3},
-        "lora": {"r": 4, "alpha": 8},
-        "train": {"preset": "fast", "max_steps": 3, "batch_size": 4, "max_length": 128, "learning_rate": 1e-3,
-                  "output_dir": str(out), "logging_steps": 1, "estimate_steps": 0, **train},
-        "generation": {"max_new_tokens": 4, "batch_size": 8},
-    })
+    return build_config(tiny_sft_raw(model_dir, out, data=data, **train))
 
 
 def test_held_out_rows_are_the_rows_training_evaluated_even_after_a_row_is_dropped(tiny_llama, tmp_path):

@@ -17,35 +17,13 @@ from tunelab.errors import UserError
 from tunelab.resources import resource_path
 from tunelab.sweeps import parse_params, sweep
 
+from conftest import tiny_sft_raw
+
 QA = resource_path("qa_en_instructions.csv")
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, smollm_tokenizer):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(smollm_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, pad_token_id=smollm_tokenizer.pad_token_id,
-        bos_token_id=smollm_tokenizer.bos_token_id, eos_token_id=smollm_tokenizer.eos_token_id))
-    model.save_pretrained(folder)
-    smollm_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _raw(model_dir, out, **train):
-    return {
-        "task": {"name": "sft"},
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train_path": str(QA), "max_rows": 40, "eval_fraction": 0.25, "seed": 3},
-        "lora": {"r": 4, "alpha": 8},
-        "train": {"preset": "fast", "max_steps": 2, "batch_size": 4, "max_length": 128, "learning_rate": 1e-3,
-                  "output_dir": str(out), "logging_steps": 1, "estimate_steps": 0, **train},
-        "generation": {"max_new_tokens": 4, "batch_size": 8},
-    }
+    return tiny_sft_raw(model_dir, out, **{"max_steps": 2, **train})
 
 
 def test_two_tiny_trials_end_to_end(tiny_llama, tmp_path):
