@@ -268,12 +268,6 @@ def _decode_bom(raw: bytes, encoding: str, path: Path) -> Decoded:
                         f"valid {encoding.upper()}; save it again as UTF-8") from None
 
 
-def decode_bytes(raw: bytes, path: Path, encoding: str = "auto") -> tuple[str, str]:
-    """Bytes -> (text, encoding used). Kept for callers; `decode_text` also gives the confidence."""
-    decoded = decode_text(raw, path, encoding)
-    return decoded.text, decoded.encoding
-
-
 # -- reading --------------------------------------------------------------------------------------
 
 def read_table(path: str | Path, encoding: str = "auto", report: DataReport | None = None) -> pd.DataFrame:

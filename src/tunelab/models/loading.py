@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -164,7 +163,3 @@ def _bnb_config(config: ModelConfig, hardware: Hardware):
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=hardware.dtype)
     return BitsAndBytesConfig(load_in_8bit=True)
-
-
-def is_adapter_folder(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").exists()

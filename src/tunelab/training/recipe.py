@@ -24,14 +24,14 @@ from typing import Callable, Sequence
 from tunelab.config import RunConfig, load_config, save_config
 from tunelab.data.pipeline import load_splits
 from tunelab.errors import UserError
-from tunelab.io import atomic_path, atomic_write_json
+from tunelab.io import atomic_path, atomic_write_json, disk_full
 from tunelab.models import apply_lora, detect_hardware, load_model, load_tokenizer, trainable_summary
 from tunelab.models.loading import check_head, predict_dtype
 from tunelab.tasks import get_task
 from tunelab.tasks.base import GenerativeTask, ProbabilisticTask
-from tunelab.io import disk_full
-from tunelab.training.callbacks import HistoryCallback, ProgressCallback, TimeEstimateCallback, plot_history
-from tunelab.training.callbacks import Interrupted, StopOnSignal
+from tunelab.training.callbacks import (
+    HistoryCallback, Interrupted, ProgressCallback, StopOnSignal, TimeEstimateCallback, plot_history,
+)
 from tunelab.training.rundir import RunDir, checkpoint_problem, checkpoint_step, missing_optimizer_state
 
 
