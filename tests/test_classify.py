@@ -184,6 +184,36 @@ def test_review_calibrates_an_overconfident_model_and_predict_applies_it(monkeyp
     np.testing.assert_array_equal(plain.predict_proba(None, None, held_out), raw)
 
 
+def test_collapse_is_said_during_training_at_the_evaluation_that_shows_it():
+    """The trainer's eval metrics carry the spread and the prior; LearningWatch turns them into a warning line
+    at that evaluation (not only in the end-of-run review)."""
+    from types import SimpleNamespace
+
+    from transformers import EvalPrediction
+
+    from tunelab.training.callbacks import LearningWatch
+
+    task = ClassifyTask(_config())
+    train, held_out = _review_frames()
+    task.fit(train)
+    labels, _ = task.label_ids(held_out)
+    constant = np.zeros((len(labels), len(task.classes)))
+    constant[:, 0] = 3.0  # logits: always the first class
+    metrics = task.trainer_metrics()(EvalPrediction(predictions=constant, label_ids=labels))
+    assert metrics["distinct_top1"] == 1 and metrics["log_loss"] > metrics["prior_log_loss"]
+    said = []
+    watch = LearningWatch(said.append, len(task.classes), "likely causes: learning rate")
+    eval_metrics = {f"eval_{k}": v for k, v in metrics.items()}
+    watch.on_evaluate(None, SimpleNamespace(global_step=0, epoch=0.0), None, metrics=eval_metrics)
+    assert said == []  # step 0 is the untrained model: nothing to warn about
+    watch.on_evaluate(None, SimpleNamespace(global_step=40, epoch=1.0), None, metrics=eval_metrics)
+    assert len(said) == 2 and "collapsed" in said[0] and "does not beat the class prior" in said[1]
+    good = np.eye(len(task.classes))[labels] * 8.0  # confident and right
+    fine = {f"eval_{k}": v for k, v in task.trainer_metrics()(EvalPrediction(predictions=good, label_ids=labels)).items()}
+    watch.on_evaluate(None, SimpleNamespace(global_step=80, epoch=2.0), None, metrics=fine)
+    assert len(said) == 2
+
+
 def test_review_warns_loudly_when_the_model_collapsed(monkeypatch):
     task = ClassifyTask(_config())
     train, held_out = _review_frames()
@@ -230,11 +260,15 @@ def test_minilm_banking77_beats_majority_baseline(tmp_path):
         "model": {"name_or_path": "all-minilm-l6-v2"},
         "data": {"train_path": str(train_csv), "eval_path": str(test_csv), "columns": {"label": "category"}},
         "lora": {"enabled": False},
-        "train": {"preset": "fast", "epochs": 2, "learning_rate": 1e-3, "batch_size": 32, "max_length": 32,
-                  "scheduler": "linear", "output_dir": str(tmp_path / "run"), "logging_steps": 10, "estimate_steps": 0},
+        "train": {"preset": "fast", "epochs": 2, "learning_rate": 1e-4, "batch_size": 32, "max_length": 32,
+                  "warmup_ratio": 0.1, "scheduler": "linear", "output_dir": str(tmp_path / "run"),
+                  "logging_steps": 10, "estimate_steps": 0},
     })
     lines: list[str] = []
     m = train(config, echo=lines.append).metrics
+    # The default head starts as a linear probe on the frozen features (eval_before_*), and fine-tuning improves it.
+    assert any("head initialised by a linear probe" in line for line in lines)
+    assert m["eval_before_map@3"] > 0.5
     assert m["prior_map@3"] < 0.1 and m["prior_log_loss"] > 3.0
     assert m["map@3"] > m["prior_map@3"] + 0.3, m
     # The Trainer's metric (under its bf16 autocast where the CPU has it) ~ the metric from real predictions (fp32).

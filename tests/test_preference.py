@@ -191,7 +191,7 @@ def test_preference_hh_rlhf_trains_and_writes_valid_submission(tmp_path):
     test = rows.iloc[2000:2200]
     test.to_json(tmp_path / "test.jsonl", orient="records", lines=True)
     config = build_config({
-        "task": {"name": "preference", "prompt_share": 0.1},
+        "task": {"name": "preference", "prompt_share": 0.1, "architecture": ARCHITECTURE},
         "model": {"name_or_path": "all-minilm-l6-v2"},
         "data": {"train_path": str(tmp_path / "train.jsonl"), "eval_fraction": 0.15, "stratify_by": "label"},
         "lora": {"enabled": False},
@@ -202,7 +202,7 @@ def test_preference_hh_rlhf_trains_and_writes_valid_submission(tmp_path):
     m = result.metrics
     assert np.isfinite(m["log_loss"]) and "length_corr_pred" in m and "eval_log_loss" in m
     report = json.loads((result.run_dir / "data_report.json").read_text())
-    assert m["train_examples"] == 2 * report[0]["rows_used"]  # swap augmentation doubled the training pairs
+    assert m["train_examples"] == report[0]["rows_used"]  # a reward model needs no swap augmentation
     # The classical baseline beside the model: TF-IDF(A) - TF-IDF(B) + length features beats chance here.
     assert m["baseline_log_loss"] < math.log(2) - 0.02 and m["baseline_accuracy"] > 0.55
     run = load(result.run_dir)
@@ -213,16 +213,59 @@ def test_preference_hh_rlhf_trains_and_writes_valid_submission(tmp_path):
     assert np.allclose(sub["winner_tie"], 1e-3)  # hh-rlhf has no ties: a 2-way head, its tie floor written
     assert np.allclose(sub[["winner_model_a", "winner_model_b", "winner_tie"]].sum(axis=1), 1.0, atol=1e-6)
     test_loss = run.evaluate(tmp_path / "test.jsonl")["log_loss"]  # rows neither training nor calibration saw
-    # Honest bound: chance for 2 classes is ln 2 = 0.693 (an always-0.5 model); the model must beat it on the
-    # held-out rows and on unseen test rows. When it does not, the run must say so loudly, not silently pass.
-    if not (m["log_loss"] < math.log(2) - 0.005 and test_loss < math.log(2) - 0.005):
-        assert any("does not beat" in w or "nearly constant" in w or "collapsed" in w for w in m["warnings"]), m
-        pytest.xfail(f"MiniLM did not beat chance on hh-rlhf within the ~2-minute CPU budget: held-out log loss "
-                     f"{m['log_loss']:.4f}, test {test_loss:.4f} vs ln 2 = {math.log(2):.4f} (baseline "
-                     f"{m['baseline_log_loss']:.4f}); its run warned: {m['warnings'][0][:80]}...")
+    # Honest bound: chance for 2 classes is ln 2 = 0.693 (an always-0.5 model). The reward model must beat it on
+    # the held-out rows and on test rows that neither training nor calibration saw.
+    assert m["log_loss"] < math.log(2) - 0.005, m
+    assert test_loss < math.log(2) - 0.005, (test_loss, m)
 
 
 # The tiny e2e run: HH-RLHF pairs the model trains on, and the training settings.
+ARCHITECTURE = "reward"
 PREF_TRAIN_ROWS = 600
 PREF_TRAIN = {"epochs": 2, "learning_rate": 4e-5, "batch_size": 16, "max_length": 96, "scheduler": "linear",
               "warmup_ratio": 0.1}
+
+
+# -- the reward-model architecture (Bradley-Terry, Davidson ties) ---------------------------------------
+def test_reward_head_logits_bradley_terry_and_davidson_tie():
+    two = _task(architecture="reward")
+    two.fit(_pairs([0, 1, 0, 1]))
+    assert two.head_kwargs()["num_labels"] == 1  # one score per sequence
+    scores = torch.tensor([[2.0], [0.5], [-1.0], [-1.0]])  # rows a0, b0, a1, b1
+    pair = torch.softmax(two.head_logits(scores), dim=-1)
+    assert pair.shape == (2, 2)
+    assert pair[0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(1.5)).item())  # sigmoid(s_a - s_b)
+    assert pair[1].tolist() == pytest.approx([0.5, 0.5])
+    three = _task(architecture="reward")
+    three.fit(_pairs([0, 1, 2]))
+    assert three.head_kwargs()["num_labels"] == 2  # score + tie term per sequence
+    outputs = torch.tensor([[1.0, 0.3], [1.0, 0.3], [3.0, 0.3], [-1.0, 0.3]])
+    probs = torch.softmax(three.head_logits(outputs), dim=-1)
+    assert probs.shape == (2, 3) and probs.sum(-1).tolist() == pytest.approx([1.0, 1.0])
+    assert probs[0, 2] > probs[1, 2]  # a tie is likelier between equal scores than between distant ones
+
+
+def test_reward_model_is_swap_symmetric_on_a_real_encoder(tokenizer):
+    """P(A | a, b) = P(B | b, a) exactly, for any weights (here MiniLM with a fresh score head): the two
+    responses are scored separately by the same backbone, and only their difference matters."""
+    from tunelab.config.schema import ModelConfig
+    from tunelab.models.hardware import detect_hardware
+    from tunelab.models.loading import load_model
+
+    task = _task(architecture="reward", swap_tta=False)
+    task.fit(_pairs([0, 1]))
+    torch.manual_seed(0)
+    model = load_model(ModelConfig(name_or_path="all-minilm-l6-v2"), task.head, detect_hardware(ModelConfig(name_or_path="all-minilm-l6-v2", device="cpu")),
+                       task.head_kwargs(), tokenizer=tokenizer, for_training=False, dtype=torch.float32)
+    frame = pd.DataFrame({"prompt": ["How do I reset my card PIN?"] * 3,
+                          "response_a": ["Open the app, choose Card, then Reset PIN.", "No.", "Call us."],
+                          "response_b": ["I cannot help with that.", "Sure, here is how: open settings.",
+                                         "Visit a branch with your ID and we will reset it."]})
+    probs = task.predict_proba(model, tokenizer, frame)
+    swapped = task.predict_proba(model, tokenizer, swap_frame(frame))
+    np.testing.assert_allclose(probs, swapped[:, ::-1], atol=1e-6)
+    assert not np.allclose(probs[:, 0], 0.5, atol=1e-4)  # the random head does prefer some responses
+    examples = task.encode(frame.assign(label=[0, 1, 0]), tokenizer, max_length=24)
+    assert all(len(e["input_ids"]) <= 24 and len(e["input_ids_b"]) <= 24 for e in examples)
+    batch = task.collate(tokenizer)(examples)
+    assert batch["input_ids"].shape[0] == 6 and batch["labels"].tolist() == [0, 1, 0]  # a0, b0, a1, b1, ...

@@ -16,21 +16,35 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 
 from tunelab.config import RunConfig, build_config, load_config, save_config
 from tunelab.errors import UserError
-from tunelab.models import Hardware, detect_hardware, load_model, load_tokenizer
-from tunelab.models.loading import predict_dtype
 from tunelab.tasks import get_task
 from tunelab.tasks.base import (
     GenerativeTask, ProbabilisticTask, SequenceClassificationTask, Task, require_capability,
 )
-from tunelab.training.recipe import RunResult, train
 from tunelab.training.rundir import RunDir
+
+if TYPE_CHECKING:
+    from tunelab.models import Hardware
+    from tunelab.training.recipe import RunResult, train
+
+# torch, transformers and the training stack load on first use (`train`, `RunResult` below; models inside
+# the functions), so commands that only read files (`submission check`, `data stats`) start fast.
+_LAZY = {"train": "tunelab.training.recipe", "RunResult": "tunelab.training.recipe"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # once: later lookups (and monkeypatching) see a plain attribute
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["train", "RunResult", "load", "load_task", "load_base", "load_target", "LoadedRun", "held_out_rows", "ensemble",
            "normalise_weights", "check_prediction_output", "export_bundle", "check_submission_file", "run_test_mode", "TestReport"]
@@ -44,7 +58,7 @@ class LoadedRun:
     task: Task
     model: Any
     tokenizer: Any
-    hardware: Hardware
+    hardware: "Hardware"
     run_dir: Path | None
 
     def read(self, data_path: str | Path) -> pd.DataFrame:
@@ -87,6 +101,8 @@ def load_task(run_dir: str | Path) -> tuple[RunConfig, Task]:
     if not run.config.exists():
         raise UserError(f"{run.path} is not a tunelab run (no config.yaml)")
     config = load_config(run.config)
+    if "pooling" not in config.model.model_fields_set:
+        config.model.pooling = "native"  # a run saved before `model.pooling` existed read the model's own head
     task = get_task(config.task.name)(config)
     if run.task_state.exists():
         task.load_state(json.loads(run.task_state.read_text(encoding="utf-8")))
@@ -101,6 +117,11 @@ def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool
     `model.predict_dtype`. The run's own config can never turn on remote code: only `trust_remote_code`.
     With `capability`, a task without it is a UserError (naming `action`) before any weights are read.
     """
+    import torch
+
+    from tunelab.models import detect_hardware, load_model, load_tokenizer
+    from tunelab.models.loading import predict_dtype
+
     run = RunDir(Path(run_dir))
     config, task = load_task(run.path)
     if capability is not None:
@@ -134,6 +155,9 @@ def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool
 
 def load_base(model: str, task: str = "sft", config: RunConfig | None = None, device: str | None = None) -> LoadedRun:
     """An untrained model wrapped like a run: for before/after comparisons and plain chat."""
+    from tunelab.models import detect_hardware, load_model, load_tokenizer
+    from tunelab.models.loading import predict_dtype
+
     config = config or build_config({"task": task, "model": {"name_or_path": model}})
     if device:
         config.model.device = device
@@ -381,3 +405,134 @@ def run_test_mode(run: LoadedRun, per_category: int = 2, max_new_tokens: int = 9
         atomic_write_json(run.run_dir / "test_answers.json", {"tokens_per_second": stats.tokens_per_second,
                                                               "answers": answers.to_dict("records")})
     return report
+
+
+# -- serving (tunelab serve) ---------------------------------------------------------------------------------------
+def generation_scheduler(run: LoadedRun, max_batch: int = 16, gather_ms: float = 10.0, max_queue: int = 64):
+    """Request batching over `run`'s model (not yet started): concurrent requests are gathered for `gather_ms`
+    and generated as one batch of at most `max_batch`; at most `max_queue` wait (more is `QueueFull`)."""
+    from tunelab.inference.batching import BatchScheduler
+    from tunelab.inference.engine import GenerationEngine
+
+    require_capability(run.task, GenerativeTask, "serving text generation")
+    engine = GenerationEngine(run.model, run.tokenizer, run.config.generation)
+    return BatchScheduler(engine, max_batch=max_batch, gather_ms=gather_ms, max_queue=max_queue)
+
+
+def classify_records(run: LoadedRun, records: list[dict]) -> tuple[list[str], Any]:
+    """(class names, (rows, classes) probabilities) for input rows given as dicts of the task's logical fields
+    (`text` for a classify run; `prompt`, `response_a`, `response_b` for a preference run): the probabilities
+    `tunelab predict` writes for the same rows (temperature, A/B swap averaging and a 2-way model's tie floor
+    included)."""
+    from tunelab.tasks.preference import WINNERS
+
+    task = require_capability(run.task, ProbabilisticTask, "classification")
+    if not records:
+        raise UserError("no inputs to classify")
+    targets = set(task.fields.targets)
+    groups = [g for g in dict.fromkeys(tuple(f for f in group if f not in targets) for group in task.fields.any_of) if g]
+    for n, record in enumerate(records):
+        if not any(all(f in record for f in group) for group in groups):
+            raise UserError(f"input {n} has fields {sorted(record)}; this {task.name} run reads "
+                            + " or ".join("(" + ", ".join(g) + ")" for g in groups))
+    frame = task.prepare(pd.DataFrame(records).reset_index(drop=True), "predict")
+    predictions = run.predict(frame)
+    columns = [c for c in predictions.columns if str(c).startswith("prob:")] or \
+              [c for c in WINNERS if c in predictions.columns]
+    return [str(c).removeprefix("prob:") for c in columns], predictions[columns].to_numpy(dtype="float64")
+
+
+# -- exports for other tools (tunelab export --merged / --gguf) ---------------------------------------------------
+@dataclass
+class MergedExport:
+    path: Path
+    model_class: str
+    """The transformers class that loads it: AutoModelForCausalLM or AutoModelForSequenceClassification."""
+    differences: list[str]
+    """How plain transformers' outputs differ from the run's (empty: the same outputs)."""
+
+
+MERGED_README = """# {name}: merged weights exported by tunelab
+
+The run's LoRA adapter (if any) is merged into the base weights, saved in float32 with the tokenizer.
+Plain transformers loads it, no tunelab or peft needed:
+
+    from transformers import {model_class}, AutoTokenizer
+    model = {model_class}.from_pretrained("{name}")
+    tokenizer = AutoTokenizer.from_pretrained("{name}")
+
+task: {task}   base model: {base}   exported from: {source}
+{labels}{differences}"""
+
+
+def export_merged(run_dir: str | Path, target: str | Path, overwrite: bool = False,
+                  trust_remote_code: bool = False) -> MergedExport:
+    """Write `run_dir`'s model with its adapter merged (fp32) and its tokenizer to the folder `target`, for
+    `AutoModelFor...from_pretrained(target)`. Where plain transformers cannot give the run's outputs (mean
+    pooling done by tunelab's hooks, calibration, A/B swap averaging) the folder's README says so, and so does
+    the returned `differences`: nothing differs silently."""
+    from tunelab.models.export import HEAD_CLASSES, check_export_folder, save_merged
+
+    source, target = Path(run_dir), Path(target)
+    check_export_folder(target, source, overwrite)
+    run = load(source, device="cpu", trust_remote_code=trust_remote_code)  # fp32 merge on the CPU
+    differences = _merged_differences(run)
+    model_class = HEAD_CLASSES[run.task.head]
+    labels = ""
+    if isinstance(run.task, ProbabilisticTask):
+        labels = f"labels (logit order): {', '.join(run.task.classes)}\n"
+    notes = "".join(f"\n- {d}" for d in differences)
+    readme = MERGED_README.format(
+        name=target.name, model_class=model_class, task=run.task.name, base=run.config.model.name_or_path,
+        source=source, labels=labels,
+        differences=f"\n## Outputs that differ from the run\n{notes}\n" if differences else
+        "\nPlain transformers gives the run's logits.\n")
+    save_merged(run.model, run.tokenizer, target, readme, {"exported_from": str(source), "model_class": model_class,
+                                                           "differences": differences})
+    return MergedExport(target, model_class, differences)
+
+
+def _merged_differences(run: LoadedRun) -> list[str]:
+    """What plain transformers, given the merged folder, computes differently from `tunelab.load(run)`."""
+    notes = []
+    if run.task.head == "sequence_classification" and run.config.model.pooling == "mean":
+        notes.append("POOLING: this run reads the encoder as the attention-masked MEAN of its token states "
+                     "(model.pooling: mean, done by tunelab's forward hooks); plain transformers uses the BERT "
+                     "pooler (CLS -> dense -> tanh), so its logits and labels DIFFER from the run's. Load it with "
+                     "`tunelab.load` on the run or an offline bundle (`tunelab export RUN --offline-bundle DIR`) to "
+                     "get the run's outputs.")
+    temperature = float(getattr(run.task, "temperature", 1.0) or 1.0)
+    if abs(temperature - 1.0) > 1e-9:
+        notes.append(f"calibration: tunelab's probabilities are softmax(logits / {temperature:.4f}) (temperature "
+                     "scaling fitted after training); the logits are the same.")
+    options = run.task.options
+    if run.task.name == "preference":
+        if getattr(options, "architecture", "cross") == "reward":
+            notes.append("preference (reward model): each logit row scores one (prompt, response) input; tunelab "
+                         "turns two scores into a/b/tie probabilities (Bradley-Terry / Davidson).")
+        elif getattr(options, "swap_tta", False):
+            notes.append("preference: tunelab averages each prediction with the A/B-swapped one (swap_tta); the "
+                         "logits of one input order are the same.")
+    return notes
+
+
+def export_gguf(target_run: str | Path, path: str | Path, tensor_type: str = "f16", overwrite: bool = False,
+                trust_remote_code: bool = False) -> Path:
+    """Write a run on a llama-architecture decoder (or such a model itself, e.g. `smollm2-135m-instruct`) as one
+    GGUF file for llama.cpp / Ollama: adapter merged, tensors in `tensor_type` (f16, bf16, f32), tokenizer
+    and chat template in the metadata."""
+    from tunelab.io import check_output_file
+    from tunelab.models.export import GGUF_TYPES, write_gguf
+
+    path = Path(path)
+    if path.suffix.lower() != ".gguf":
+        raise UserError(f"--gguf {path}: name a file ending in .gguf")
+    if tensor_type not in GGUF_TYPES:
+        raise UserError(f"--gguf-type must be one of {', '.join(GGUF_TYPES)}, got `{tensor_type}`")
+    run_dir = Path(target_run)
+    is_run = (run_dir / "config.yaml").exists()
+    check_output_file(path, overwrite, option="--gguf", protected=[run_dir / n for n in ("final", "checkpoints")] if is_run else ())
+    run = load_target(target_run, device="cpu", trust_remote_code=trust_remote_code, capability=GenerativeTask,
+                      action="GGUF export")
+    name = run_dir.name if is_run else str(target_run)
+    return write_gguf(run.model, run.tokenizer, path, tensor_type, name=name)

@@ -70,6 +70,7 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
     Param("lora_dropout", "lora.dropout", "float", 0.0, 0.2),
     Param("weight_decay", "train.weight_decay", "float", 0.0, 0.1),
     Param("batch_size", "train.batch_size", "int", 2, 16, log=True),
+    Param("label_smoothing", "train.label_smoothing", "float", 0.0, 0.2),
 )}
 DEFAULT_PARAMS = ("learning_rate", "epochs", "lora_r", "warmup_ratio")
 DEFAULT_TRIALS = 10

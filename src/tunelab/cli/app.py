@@ -10,12 +10,39 @@ import functools
 import sys
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
 from tunelab.errors import UserError
 
-app = typer.Typer(name="tunelab", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+
+def option_name(token: str) -> str:
+    """Option names take `_` or `-` alike (`--batch_size` is `--batch-size`), so scripts written for other
+    trainers work without a second spelling of every option cluttering `--help` (click's token_normalize_func)."""
+    return token.replace("_", "-")
+
+
+COMMAND_HINTS = {"interactive": "chat", "talk": "chat", "finetune": "train", "fine-tune": "train", "fit": "train",
+                 "evaluate": "eval", "infer": "predict", "inference": "predict", "bundle": "export", "version": "env"}
+"""Unknown commands people try first, and the command they mean (spelling alone would suggest another)."""
+
+
+class TunelabGroup(typer.core.TyperGroup):
+    """The root command group: an unknown command that is a common name for one of ours suggests that one."""
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except Exception as exc:  # click's UsageError ("No such command"); typer vendors click privately
+            meant = COMMAND_HINTS.get(args[0].lower()) if args else None
+            if hasattr(exc, "message") and meant in self.commands:
+                exc.message = f"No such command {args[0]!r}. Did you mean {meant!r}?"
+            raise
+
+
+app = typer.Typer(name="tunelab", cls=TunelabGroup, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, context_settings={"token_normalize_func": option_name},
                   help="Fine-tune, evaluate and serve open language models on your own data, offline.")
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

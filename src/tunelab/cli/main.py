@@ -10,7 +10,7 @@ import typer
 from tunelab.cli.app import app, console
 
 # One module per verb group; importing a module registers its commands on `app`.
-COMMAND_MODULES = ("train", "chat", "data", "info", "quickstart", "predict", "eval", "sweep")
+COMMAND_MODULES = ("train", "chat", "data", "info", "quickstart", "predict", "eval", "sweep", "lab", "serve")
 
 
 def _register() -> None:
@@ -33,14 +33,11 @@ def _root(ctx: typer.Context, version: bool = typer.Option(False, "--version", h
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers' info/warning chatter and progress bars off, set through the environment it reads on import:
+    # importing transformers here to call its logging API would cost ~1 s on every command, `--help` included.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
     app()
 
 

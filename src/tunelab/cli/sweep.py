@@ -23,7 +23,7 @@ def sweep(
              "(log scale), epochs, lora_r (log), warmup_ratio, lora_alpha (log), lora_dropout, weight_decay, "
              "batch_size (log). Default: the first four."),
     timeout: Optional[float] = typer.Option(None, help="Start no new trial after this many seconds."),
-    output_dir: Optional[str] = typer.Option(None, "--output-dir", "--output_dir",
+    output_dir: Optional[str] = typer.Option(None, "--output-dir",
                                              help="Sweep directory (default: train.output_dir, else runs/sweep-<task>-<time>)."),
     set_items: Optional[list[str]] = typer.Option(None, "--set", help="Any config key for every trial: --set train.max_steps=50."),
     seed: Optional[int] = typer.Option(None, help="Sampler seed (default: sweep.seed, else train.seed)."),

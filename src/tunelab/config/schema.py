@@ -37,6 +37,11 @@ class ModelConfig(Section):
     predict_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """dtype of a trained run at prediction time; `auto` is resolved when training starts and saved with the
     run (float32 on CPU, which reproduces the reported eval metrics; the training dtype on GPUs)."""
+    pooling: Literal["auto", "native", "mean"] = "auto"
+    """How an encoder's classification head reads the sequence: `mean` = attention-masked mean of the token
+    states (how sentence-embedding models were trained), `native` = the model's own pooler (BERT: CLS);
+    `auto` = `mean` for a sentence-transformers folder that declares mean pooling, else `native`. Resolved
+    when training starts and saved with the run."""
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
     """torch's float32 matmul precision while training: `highest` = true fp32; `high`/`medium` allow
     TF32 or bf16 inside fp32 matmuls (faster on GPUs and bf16 CPUs, less precise)."""
@@ -80,6 +85,9 @@ class LoraConfig(Section):
     # step (bench/README.md). Raise it for small data sets that overfit.
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
+    trainable_token_indices: list[int] | None = None
+    """Embedding rows trained in full beside the adapters (peft's trainable tokens), e.g. the ids of tokens added
+    with `tunelab lab tokens --add`. None: the ids that folder lists in tunelab_added_tokens.json, if any."""
 
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
@@ -99,6 +107,8 @@ class TrainConfig(Section):
     warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Cross-entropy label smoothing: the target puts this mass evenly on all classes (or all tokens)."""
     gradient_checkpointing: bool | None = None
     neftune_alpha: float | None = None
     use_liger_kernel: bool | None = None

@@ -32,3 +32,24 @@ class CausalLMCollator:
             labels[i, :k] = torch.tensor(e["labels"])
             attention[i, :k] = 1
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+class PairCollator:
+    """Pairs of sequences (`input_ids`/`input_ids_b`, as a reward model scores them) as one padded batch
+    of 2N rows in the order a0, b0, a1, b1, ...; `labels` stays one per pair (N)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        sequences = [seq for e in examples for seq in (e["input_ids"], e["input_ids_b"])]
+        longest = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), longest), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(sequences), longest), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            input_ids[i, : len(seq)] = torch.tensor(seq)
+            attention[i, : len(seq)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention}
+        if all("labels" in e for e in examples):
+            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        return batch

@@ -110,5 +110,6 @@ def check_lengths(frame: pd.DataFrame, task: TaskData, tokenizer, max_length: in
         report.notes.append(f"{split}: {int(over.sum())} rows exceed max_length={max_length} tokens and were {action} "
                             f"(longest {max(lengths)}); see `tunelab data lengths`")
     if policy == "drop":
+        report.overlong_dropped += int(over.sum())
         frame = frame[~over]
     return frame

@@ -51,7 +51,7 @@ class DataReport:
     """What happened to one input file's rows, so the counts add up:
 
     rows_read -> (empty, duplicates, filtered_out dropped) -> rows_valid -> (limited by data.max_rows)
-    -> rows_train / rows_eval. `rows_used` is kept for older readers: the training rows taken from this
+    -> (overlong_dropped with `data.overlong: drop`) -> rows_train / rows_eval. `rows_used` is kept for older readers: the training rows taken from this
     file (the eval rows of a separate eval file). `encoding`/`encoding_confidence` say how the text was
     decoded (1.0: certain, e.g. UTF-8 or named in `data.encoding`; lower: a plausibility guess).
     """
@@ -69,6 +69,8 @@ class DataReport:
     """Rows left after dropping empty/duplicate rows and applying the category/difficulty filters."""
     limited: int = 0
     """Valid rows left out by `data.max_rows`."""
+    overlong_dropped: int = 0
+    """Rows longer than train.max_length dropped (`data.overlong: drop`; otherwise they are truncated)."""
     rows_train: int | None = None
     rows_eval: int | None = None
     encoding: str | None = None
@@ -98,6 +100,8 @@ class DataReport:
         head = f"{name}: {self.rows_read} read → {self.valid_rows()} valid"
         if self.limited:
             head += f" → {self.valid_rows() - self.limited} kept (data.max_rows)"
+        if self.overlong_dropped:
+            head += f" → {self.valid_rows() - self.limited - self.overlong_dropped} within max_length"
         split = [f"{n} {label}" for n, label in ((self.rows_train, "train"), (self.rows_eval, "eval")) if n is not None]
         head += " → " + (" / ".join(split) if split else f"{self.rows_used} used")
         out = [head]

@@ -75,11 +75,11 @@ def check_frame(frame: pd.DataFrame, fmt: str, source: str, expected_ids: Iterab
     columns = [str(c) for c in frame.columns]
     missing = [c for c in spec.columns if c not in columns]
     if missing:
-        raise UserError(f"{source}: missing column `{missing[0]}`; a {fmt} submission has columns "
+        raise UserError(f"{source}: missing column `{missing[0]}`; the {fmt} submission format has the columns "
                         f"{','.join(spec.columns)} (found {','.join(columns) or 'none'})")
     extra = [c for c in columns if c not in spec.columns]
     if extra:
-        raise UserError(f"{source}: unexpected column `{extra[0]}`; a {fmt} submission has exactly {','.join(spec.columns)}")
+        raise UserError(f"{source}: unexpected column `{extra[0]}`; the {fmt} submission format has exactly the columns {','.join(spec.columns)}")
     if frame.empty:
         raise UserError(f"{source}: no rows")
     ids = frame[spec.id_column].astype(str).str.strip()

@@ -38,12 +38,14 @@ def own_forward(model):
 
 @torch.inference_mode()
 def predict_probabilities(model, examples: list[dict], collate: Callable[[list[dict]], dict],
-                          batch_size: int = 32) -> np.ndarray:
+                          batch_size: int = 32, head_logits: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                          ) -> np.ndarray:
+    """`head_logits` maps the model's logits for a collated batch to one row of class logits per example."""
     with own_forward(model):
-        return _predict_probabilities(model, examples, collate, batch_size)
+        return _predict_probabilities(model, examples, collate, batch_size, head_logits or (lambda x: x))
 
 
-def _predict_probabilities(model, examples, collate, batch_size) -> np.ndarray:
+def _predict_probabilities(model, examples, collate, batch_size, head_logits) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
@@ -52,9 +54,9 @@ def _predict_probabilities(model, examples, collate, batch_size) -> np.ndarray:
         idx = order[start : start + batch_size]
         batch = collate([{k: v for k, v in examples[i].items() if k != "labels"} for i in idx])
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch).logits.float().cpu().numpy()
+        out = head_logits(model(**batch).logits).float().cpu().numpy()
         for row, i in enumerate(idx):
             logits[i] = out[row]
     if not examples:
-        return np.zeros((0, model.config.num_labels))
+        return np.zeros((0, head_logits(torch.zeros(0, model.config.num_labels)).shape[-1]))
     return softmax(np.stack(logits))

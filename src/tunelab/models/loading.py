@@ -12,6 +12,7 @@ from tunelab.config.schema import ModelConfig
 from tunelab.errors import UserError
 from tunelab.io import atomic_path
 from tunelab.models.hardware import Hardware
+from tunelab.models.pooling import apply_pooling, resolve_pooling
 from tunelab.models.registry import NAMED_CHAT_TEMPLATES, ResolvedModel, cache_dir, resolve_model
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ def ensure_cached(resolved: ResolvedModel, tokenizer) -> ResolvedModel:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return ResolvedModel(str(target), alias=resolved.alias, chat_template=resolved.chat_template)
+
+
+def classification_pooling(config: ModelConfig) -> str:
+    """The pooling a classification run uses (`auto` resolved against the model folder), saved with the run."""
+    return resolve_pooling(config.pooling, resolve_model(config.name_or_path).path)
 
 
 def model_class(head: str):
@@ -109,6 +115,8 @@ def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: 
             model = cls.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model `{config.name_or_path}` for {head}: {str(exc).splitlines()[0]}") from None
+    if head == "sequence_classification":
+        apply_pooling(model, resolve_pooling(config.pooling, resolved.path))
     if "device_map" not in kwargs:
         model.to(hardware.device)
     if tokenizer is not None and model.config.pad_token_id is None:

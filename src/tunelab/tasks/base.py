@@ -30,6 +30,7 @@ from tunelab.config.schema import RunConfig, TaskConfig
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
     from transformers import PreTrainedTokenizerBase
 
 Head = Literal["causal_lm", "sequence_classification"]
@@ -263,6 +264,11 @@ class SequenceClassificationTask(ProbabilisticTask):
         return {"num_labels": len(self.classes), "id2label": dict(enumerate(self.classes)),
                 "label2id": self.label2id, "problem_type": "single_label_classification"}
 
+    def head_logits(self, logits: "torch.Tensor") -> "torch.Tensor":
+        """Class logits from the model's output logits (one row per example here; a pairwise reward model
+        turns two sequences' scores into one pair's logits). Training's loss and prediction both use it."""
+        return logits
+
     def lora_modules_to_save(self) -> list[str]:
         # The freshly initialised head must train in full and be saved with the adapter
         # (`classifier` in BERT-style encoders, `score` in decoder LLMs).
@@ -292,10 +298,28 @@ class SequenceClassificationTask(ProbabilisticTask):
 
         from tunelab.metrics.classification import logits_of, softmax
 
+        from tunelab.metrics.classification import log_loss
+
         def compute_metrics(eval_prediction) -> dict[str, float]:
-            return self.metrics_from_probs(np.asarray(eval_prediction.label_ids), softmax(logits_of(eval_prediction)))
+            labels, probs = np.asarray(eval_prediction.label_ids), softmax(logits_of(eval_prediction))
+            metrics = self.metrics_from_probs(labels, probs)
+            # For the in-training check (callbacks.LearningWatch): a collapse, or no gain over the prior, is
+            # said at the evaluation that shows it, not only at the end.
+            metrics["distinct_top1"] = float(len(np.unique(probs.argmax(axis=1)))) if len(probs) else 0.0
+            prior = self.class_prior()
+            if prior is not None and len(labels) and prior.shape[0] == probs.shape[1]:
+                metrics["prior_log_loss"] = log_loss(labels, np.tile(prior, (len(labels), 1)))
+            return metrics
 
         return compute_metrics
+
+    def probe_head_first(self) -> bool:
+        """Initialise the fresh head by a linear probe on the frozen features before fine-tuning (LP-FT)."""
+        return False
+
+    def class_prior(self) -> "np.ndarray | None":
+        """The training class frequencies (add-one smoothed) in `classes` order, or None when unknown."""
+        return None
 
     # -- calibration, baseline, review (the bulk lives in tasks/review.py and tasks/baseline.py) --------
     temperature: float = 1.0
@@ -323,7 +347,7 @@ class SequenceClassificationTask(ProbabilisticTask):
         from tunelab.models.forward import predict_probabilities
 
         return predict_probabilities(model, self.input_examples(frame, tokenizer), self.collate(tokenizer),
-                                     self.options.predict_batch_size)
+                                     self.options.predict_batch_size, head_logits=self.head_logits)
 
     def predict_proba(self, model, tokenizer, frame: pd.DataFrame):
         from tunelab.metrics.classification import apply_temperature

@@ -55,6 +55,9 @@ class ClassifyConfig(TaskConfig):
     calibrate: bool = True
     """Temperature scaling: after training, fit one temperature on the held-out rows (minimum eval log loss)
     and apply it to every prediction of the run."""
+    head_init: Literal["probe", "random"] = "probe"
+    """`probe`: before fine-tuning, fit the fresh head as a logistic regression on the backbone's frozen pooled
+    features (LP-FT; pooled heads only, a decoder's last-token head stays random); `random`: transformers' init."""
     baseline: bool = True
     """Fit a TF-IDF + logistic regression baseline on the same training rows and report it beside the model
     (`baseline_*` in metrics.json; saved as baseline.npz for `tunelab ensemble RUN baseline:RUN`)."""
@@ -201,6 +204,15 @@ class ClassifyTask(SequenceClassificationTask):
 
     def metric_for_best_model(self) -> tuple[str, bool]:
         return f"map@{self.options.top_k}", True
+
+    def probe_head_first(self) -> bool:
+        return self.options.head_init == "probe"
+
+    def class_prior(self):
+        if not self.label_counts:
+            return None
+        counts = np.array([self.label_counts.get(c, 0) for c in self.classes], dtype=np.float64) + 1.0
+        return counts / counts.sum()
 
     def score_probabilities(self, frame, probs):
         from tunelab.metrics.classification import log_loss, majority_probs, map_at_k

@@ -6,10 +6,17 @@ Data, either format:
 - chosen/rejected transcripts (Anthropic HH style "\\n\\nHuman: ... \\n\\nAssistant: ..."): the shared
   prefix up to the last common "Assistant:" is the prompt, the differing tails are the responses,
   placed as A or B by a seeded RNG (so the label is not always "A").
-Model input: `[CLS] prompt [SEP] response_a [SEP] response_b [SEP]`, each part truncated fairly so both
-responses survive; a 3-way head (a, b, tie), or 2-way when training has no ties. Position bias is
-handled by A/B swap augmentation (training) and swap test-time averaging (prediction); the verbosity
-bias is reported as the correlation of the predicted preference with the response-length difference.
+Two architectures (`task.architecture`):
+- `cross` (cross-encoder): one input `[CLS] prompt [SEP] response_a [SEP] response_b [SEP]`, each part
+  truncated fairly so both responses survive; a 3-way head (a, b, tie), or 2-way when training has no ties.
+  Position bias is handled by A/B swap augmentation (training) and swap test-time averaging (prediction).
+- `reward` (Bradley-Terry reward model): a shared backbone scores `[CLS] prompt [SEP] response [SEP]` for
+  each response alone; P(a) = sigmoid(s_a - s_b). With ties, each sequence also gives a tie term and
+  the tie logit is (s_a + s_b)/2 + the pair's mean tie term (Davidson's model: ties likeliest when the
+  scores are close). Swap-symmetric by construction (P(a | x, y) = P(b | y, x)), so it needs no swap
+  augmentation or averaging, and each response gets the whole token budget beside the prompt.
+The verbosity bias is reported as the correlation of the predicted preference with the response-length
+difference.
 A 2-way model never predicts a tie as exactly 0: it writes `task.tie_probability` (0.001) and scales a/b
 by (1 - it), so ties in test data cost 6.9 nats each, not an infinite log loss.
 """
@@ -54,6 +61,9 @@ class PreferenceConfig(TaskConfig):
     """What a 2-way model (trained without ties) predicts for a tie: this small floor, with a and b scaled by
     (1 - it) so rows still sum to 1. An exact 0 would make the log loss of any tie in the test data infinite;
     a tie costs -ln(0.001) = 6.9 nats, a row without one 0.001 nats."""
+    architecture: Literal["cross", "reward"] = "cross"
+    """`cross`: one input holding prompt, A and B (3-way or 2-way head); `reward`: a shared backbone scores
+    prompt + each response, P(a) from the score difference (Bradley-Terry; Davidson ties)."""
     calibrate: bool = True
     """Temperature scaling of the (swap-averaged) probabilities, fitted on the held-out rows after training."""
     baseline: bool = True
@@ -229,6 +239,10 @@ class PreferenceTask(SequenceClassificationTask):
         sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
         return ([first] if first is not None else []), sep
 
+    @property
+    def reward_model(self) -> bool:
+        return self.options.architecture == "reward"
+
     def input_ids(self, frame: pd.DataFrame, tokenizer, max_length: int) -> list[list[int]]:
         """`[CLS] prompt [SEP] a [SEP] b [SEP]` per row; the prompt keeps its end, responses their start."""
         self._check_inputs(frame)
@@ -243,9 +257,28 @@ class PreferenceTask(SequenceClassificationTask):
             rows.append(start + (p[len(p) - lp:] if lp else []) + [sep] + a[:la] + [sep] + b[:lb] + [sep])
         return rows
 
+    def response_ids(self, frame: pd.DataFrame, tokenizer, max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+        """The reward model's two inputs per row, `[CLS] prompt [SEP] response [SEP]` for A and for B."""
+        self._check_inputs(frame)
+        start, sep = self._specials(tokenizer)
+        budget = max_length - len(start) - 2
+        tok = lambda col: tokenizer(frame[col].astype(str).tolist(), add_special_tokens=False, verbose=False)["input_ids"]
+        prompts = tok("prompt")
+        pairs = []
+        for answers in (tok("response_a"), tok("response_b")):
+            rows = []
+            for p, r in zip(prompts, answers):
+                lp, lr, _ = fair_allocation(len(p), len(r), 0, budget, self.options.prompt_share)
+                rows.append(start + (p[len(p) - lp:] if lp else []) + [sep] + r[:lr] + [sep])
+            pairs.append(rows)
+        return pairs[0], pairs[1]
+
     def texts_for_length(self, frame, tokenizer):
         self._check_inputs(frame)
         sep = tokenizer.sep_token or tokenizer.eos_token or "\n"
+        if self.reward_model:  # the longer of the two scored sequences
+            return [f"{p} {sep} {a if len(a) >= len(b) else b}"
+                    for p, a, b in zip(frame["prompt"], frame["response_a"], frame["response_b"])]
         return [f"{p} {sep} {a} {sep} {b}" for p, a, b in zip(frame["prompt"], frame["response_a"], frame["response_b"])]
 
     def input_lengths(self, frame, tokenizer):
@@ -254,10 +287,17 @@ class PreferenceTask(SequenceClassificationTask):
         start, _ = self._specials(tokenizer)
         parts = [tokenizer(frame[c].astype(str).tolist(), add_special_tokens=False, verbose=False)["input_ids"]
                  for c in ("prompt", "response_a", "response_b")]
+        if self.reward_model:
+            return [len(start) + 2 + len(p) + max(len(a), len(b)) for p, a, b in zip(*parts)]
         return [len(start) + 3 + len(p) + len(a) + len(b) for p, a, b in zip(*parts)]
 
     def encode(self, frame, tokenizer, max_length):
-        examples = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in self.input_ids(frame, tokenizer, max_length)]
+        if self.reward_model:
+            ids_a, ids_b = self.response_ids(frame, tokenizer, max_length)
+            examples = [{"input_ids": a, "input_ids_b": b} for a, b in zip(ids_a, ids_b)]
+        else:
+            examples = [{"input_ids": ids, "attention_mask": [1] * len(ids)}
+                        for ids in self.input_ids(frame, tokenizer, max_length)]
         if LABEL in frame.columns:
             labels = frame[LABEL].astype(int).to_numpy()
             if (labels >= len(self.classes)).any():
@@ -269,7 +309,7 @@ class PreferenceTask(SequenceClassificationTask):
     def encode_train(self, frame, tokenizer, max_length):
         """Training examples: with swap augmentation, every pair also appears with A and B exchanged."""
         examples = self.encode(frame, tokenizer, max_length)
-        if self.options.swap_augment:
+        if self.options.swap_augment and not self.reward_model:  # a reward model is swap-symmetric already
             examples += self.encode(swap_frame(frame), tokenizer, max_length)
         return examples
 
@@ -279,6 +319,34 @@ class PreferenceTask(SequenceClassificationTask):
 
     def has_labels(self, frame: pd.DataFrame) -> bool:
         return LABEL in frame.columns
+
+    # -- head -----------------------------------------------------------------
+    def collate(self, tokenizer):
+        if self.reward_model:
+            from tunelab.data.collate import PairCollator
+
+            return PairCollator(tokenizer.pad_token_id)
+        return super().collate(tokenizer)
+
+    def head_kwargs(self) -> dict[str, Any]:
+        if not self.reward_model:
+            return super().head_kwargs()
+        outputs = ["score"] + (["tie"] if len(self.classes) == 3 else [])  # per sequence: its score (+ tie term)
+        return {"num_labels": len(outputs), "id2label": dict(enumerate(outputs)),
+                "label2id": {o: i for i, o in enumerate(outputs)}, "problem_type": "regression"}
+
+    def head_logits(self, logits):
+        """Reward model: rows (a0, b0, a1, b1, ...) of per-sequence outputs -> (pairs, classes) logits."""
+        if not self.reward_model:
+            return logits
+        import torch
+
+        pairs = logits.reshape(-1, 2, logits.shape[-1])
+        scores = pairs[..., 0]  # (pairs, 2): s_a, s_b; softmax over them is sigmoid(s_a - s_b)
+        if len(self.classes) == 2:
+            return scores
+        tie = scores.mean(dim=1, keepdim=True) + pairs[..., 1].mean(dim=1, keepdim=True)
+        return torch.cat([scores, tie], dim=1)
 
     def label_ids(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(0 a / 1 b / 2 tie per row, mask of the labels the head has: ties are outside a 2-way head)."""
@@ -299,6 +367,12 @@ class PreferenceTask(SequenceClassificationTask):
 
     def metric_for_best_model(self) -> tuple[str, bool]:
         return "log_loss", False
+
+    def class_prior(self):
+        if not self.class_counts:
+            return None
+        counts = np.asarray(self.class_counts, dtype=np.float64) + 1.0
+        return counts / counts.sum()
 
     def score_probabilities(self, frame, probs):
         from tunelab.metrics.classification import log_loss, pearson
@@ -323,7 +397,7 @@ class PreferenceTask(SequenceClassificationTask):
         """(n, n_classes) probabilities before temperature scaling; with swap_tta the swapped-order prediction
         is un-swapped and averaged in (the temperature then scales the log of that average)."""
         probs = super().raw_proba(model, tokenizer, frame)
-        if self.options.swap_tta:
+        if self.options.swap_tta and not self.reward_model:  # a reward model gives the same either way
             probs = (probs + unswap_probs(super().raw_proba(model, tokenizer, swap_frame(frame)))) / 2
         return probs
 

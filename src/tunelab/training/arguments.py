@@ -36,6 +36,7 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
         warmup_steps=math.ceil(total_steps * (t.warmup_ratio or 0.0)),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
+        label_smoothing_factor=t.label_smoothing,  # generative tasks; classification heads smooth in TunelabTrainer
         bf16=hardware.dtype == torch.bfloat16,
         fp16=hardware.dtype == torch.float16,
         use_cpu=hardware.device == "cpu",

@@ -51,13 +51,21 @@ class HistoryCallback(TrainerCallback):
 
 
 class ProgressCallback(TrainerCallback):
-    """One compact line per log event (replaces transformers' raw dict printer)."""
+    """One compact line per log event while training runs (replaces transformers' raw dict printer). The
+    evaluations before and after training are printed once by the recipe (its before line and summary)."""
 
     def __init__(self, echo):
         self.echo = echo
+        self.training = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not state.is_world_process_zero or not logs or not self.training:
             return
         shown = []
         for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
@@ -70,7 +78,8 @@ class ProgressCallback(TrainerCallback):
 
 
 class TimeEstimateCallback(TrainerCallback):
-    """Time the first few real optimizer steps and print the projected total before the run goes far."""
+    """Time the first few real optimizer steps and print the projected rest, refining the estimate the recipe
+    printed before training; nothing when no step is left to estimate."""
 
     def __init__(self, steps: int, report):
         self.steps = steps
@@ -90,7 +99,32 @@ class TimeEstimateCallback(TrainerCallback):
         if done == self.steps:
             per_step = (time.perf_counter() - self._start) / done
             remaining = max(state.max_steps - state.global_step, 0)
-            self.report(per_step, remaining)
+            if remaining:
+                self.report(per_step, remaining)
+
+
+class LearningWatch(TrainerCallback):
+    """Says during training, at the evaluation that shows it, when a classifier's held-out predictions
+    collapsed to one or two classes, or when after an epoch it still does not beat the class prior's log
+    loss. Reads `eval_distinct_top1` / `eval_prior_log_loss` from the task's trainer metrics; the end-of-run
+    review (tasks/review.py) repeats it in the summary and in metrics.json."""
+
+    def __init__(self, echo, n_classes: int, likely_causes: str):
+        self.echo = echo
+        self.n_classes = n_classes
+        self.likely_causes = likely_causes
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not metrics or state.global_step == 0:
+            return
+        distinct = metrics.get("eval_distinct_top1")
+        if distinct is not None and (distinct <= 1 or (self.n_classes > 3 and distinct <= 2)):
+            self.echo(f"warning (step {state.global_step}): the model collapsed: its held-out predictions take only "
+                      f"{int(distinct)} of {self.n_classes} classes; {self.likely_causes}")
+        loss, prior = metrics.get("eval_log_loss"), metrics.get("eval_prior_log_loss")
+        if (state.epoch or 0) >= 1 - 1e-6 and loss is not None and prior is not None and loss >= prior - 1e-3:
+            self.echo(f"warning (step {state.global_step}, epoch {state.epoch:.1f}): the model does not beat the class "
+                      f"prior yet: held-out log loss {loss:.4f} vs prior {prior:.4f}; {self.likely_causes}")
 
 
 class Interrupted(KeyboardInterrupt):

@@ -26,13 +26,16 @@ from tunelab.data.pipeline import load_splits
 from tunelab.errors import UserError
 from tunelab.io import atomic_path, atomic_write_json, disk_full
 from tunelab.models import apply_lora, detect_hardware, load_model, load_tokenizer, trainable_summary
-from tunelab.models.loading import check_head, predict_dtype
+from tunelab.models.loading import check_head, classification_pooling, predict_dtype
 from tunelab.tasks import get_task
-from tunelab.tasks.base import GenerativeTask, ProbabilisticTask
+from tunelab.tasks.base import GenerativeTask, ProbabilisticTask, SequenceClassificationTask
 from tunelab.training.callbacks import (
-    HistoryCallback, Interrupted, ProgressCallback, StopOnSignal, TimeEstimateCallback, plot_history,
+    HistoryCallback, Interrupted, LearningWatch, ProgressCallback, StopOnSignal, TimeEstimateCallback, plot_history,
 )
-from tunelab.training.rundir import RunDir, checkpoint_problem, checkpoint_step, missing_optimizer_state
+from tunelab.training.report import (
+    duration, planned_tokens, row_losses, seconds_per_token, summary_lines,
+)
+from tunelab.training.rundir import ConsoleLog, RunDir, checkpoint_problem, checkpoint_step, missing_optimizer_state
 
 
 @dataclass
@@ -54,18 +57,31 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
     main = is_main_process()
     run = RunDir.prepare(config.train.output_dir or RunDir.default_path(config.task.name), resume, overwrite,
                          main=main, echo=echo)
+    log = ConsoleLog(run.train_log, append=resume) if main else None
+    if log and not resume:
+        log.start()  # a resume starts its log once it knows there is something to do (`_run`)
+    echo = log.tee(echo) if log else echo
     stopper = StopOnSignal()
     try:
         with stopper.installed():
-            return _run(run, config, resume, echo, stopper, extra_callbacks)
+            return _run(run, config, resume, echo, stopper, extra_callbacks, log)
     except BaseException as exc:
-        raise _after_failure(run, resume, exc, main) from None
+        if log:
+            log.close()  # before a failed new run's files are deleted (an open file would block that on Windows)
+        # Checked before `_after_failure`, which may put back the run this one was replacing (its checkpoints).
+        kept = run.path.is_dir() and run.last_complete_checkpoint() is not None
+        error = _after_failure(run, resume, exc, main)
+        if log and kept:  # this run is kept (resumable): its log says why it stopped
+            log.add_after_close(f"stopped: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        raise error from None
     finally:
+        if log:
+            log.close()
         run.release()
 
 
 def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], None], stopper: StopOnSignal,
-         extra_callbacks: Sequence = ()) -> RunResult:
+         extra_callbacks: Sequence = (), log: ConsoleLog | None = None) -> RunResult:
     # 1. Run directory (prepared by `train`). Resuming continues the stored config (of the given one, only the
     # run's length may change) from the newest complete checkpoint.
     checkpoint = None
@@ -73,6 +89,8 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
         config, checkpoint = _resume_plan(run, config, echo)
         if checkpoint is None:  # already finished: nothing to do
             return RunResult(run_dir=run.path, metrics=run.read_metrics())
+        if log:
+            log.start()  # train.log gets the resume's lines from its resume plan on
     config.train.output_dir = str(run.path)
     task = get_task(config.task.name)(config)
     hardware = detect_hardware(config.model)
@@ -102,6 +120,8 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
                         f"max_length={max_length}?)")
     # What the run predicts in is decided now and saved with it, so predictions reproduce the eval metrics.
     config.model.predict_dtype = str(predict_dtype(config.model, hardware)).removeprefix("torch.")
+    if task.head == "sequence_classification":
+        config.model.pooling = classification_pooling(config.model)
     if is_main_process():
         save_config(config, run.config)
         run.commit()  # the run this one replaces (--overwrite) is deleted only now
@@ -116,6 +136,13 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
     set_seed(config.train.seed)
     model = load_model(config.model, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer,
                        frozen_base=config.lora.enabled)
+    if isinstance(task, SequenceClassificationTask) and task.probe_head_first() and checkpoint is None:
+        from tunelab.training.head_init import probe_head
+
+        probed = probe_head(model, train_examples, task.collate(tokenizer), len(task.classes), seed=config.train.seed)
+        if probed:
+            echo(f"head initialised by a linear probe on the frozen features (train accuracy "
+                 f"{probed['probe_train_accuracy']:.3f}, {probed['probe_seconds']:.0f} s)")
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -135,7 +162,7 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
     callbacks = [HistoryCallback(run, resume_step=checkpoint_step(checkpoint) if checkpoint else None, saved_at=saved_at),
                  ProgressCallback(echo), stopper,
                  TimeEstimateCallback(config.train.estimate_steps, lambda per_step, remaining: echo(
-                     f"estimated training time: {_minutes(per_step * remaining)} more "
+                     f"estimated training time: {duration(per_step * remaining)} more "
                      f"({per_step:.2f} s/step measured over {config.train.estimate_steps} steps, {remaining} steps left)")),
                  *extra_callbacks]
     schedule = task.in_training_generation() if isinstance(task, GenerativeTask) else None
@@ -144,14 +171,21 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
 
         every, rows = schedule
         callbacks.append(GenerationEvalCallback(task, tokenizer, splits.eval.iloc[:rows], every=every))
+    if isinstance(task, SequenceClassificationTask) and eval_examples:
+        from tunelab.tasks.review import LIKELY_CAUSES
+
+        callbacks.append(LearningWatch(echo, len(task.classes), LIKELY_CAUSES))
     trainer = TunelabTrainer(model=model, args=args, data_collator=task.collate(tokenizer),
                              train_dataset=train_examples, eval_dataset=eval_examples or None,
                              processing_class=tokenizer, compute_metrics=task.trainer_metrics(), callbacks=callbacks,
-                             matmul_precision=config.model.matmul_precision, cpu_threads=config.train.cpu_threads)
+                             matmul_precision=config.model.matmul_precision, cpu_threads=config.train.cpu_threads,
+                             head_logits=getattr(task, "head_logits", None), label_smoothing=config.train.label_smoothing)
     stopper.trainer = trainer
     if trainer.cpu_threads is not None:
         echo(f"cpu threads: {trainer.cpu_threads}   float32 matmul precision: {config.model.matmul_precision}")
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a compact line instead
+    if config.train.estimate_steps and is_main_process():
+        _estimate_before_training(trainer, train_examples, checkpoint, config.train.estimate_steps, echo)
     metrics: dict = {}
     if eval_examples and not resume:
         before = trainer.evaluate(metric_key_prefix="eval_before")
@@ -173,16 +207,15 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
     if eval_examples:
         after = trainer.evaluate()
         metrics.update({k: v for k, v in after.items() if not k.endswith(("_runtime", "per_second"))})
-        if "eval_loss" in after:
+        if "eval_loss" in after and isinstance(task, GenerativeTask):  # a perplexity of token predictions
             metrics["eval_perplexity"] = math.exp(min(after["eval_loss"], 50))
-        echo(f"eval loss after training: {after.get('eval_loss', float('nan')):.4f}")
 
     # 6. Final model, task metrics from real predictions, metrics.json, plots.
     if is_main_process():
         with atomic_path(run.final, is_dir=True) as tmp:
             trainer.save_model(str(tmp))
             tokenizer.save_pretrained(str(tmp))
-    predictions = None
+    predictions, scores, note = None, {}, None
     if isinstance(task, ProbabilisticTask):
         # The task's review: calibration on the held-out rows (kept in its state), the classical baseline
         # beside the model (saved in the run dir), warnings when the model learned little.
@@ -198,6 +231,11 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
         model.eval()
         scores, predictions = evaluate_rows(task, trainer.model, tokenizer, splits.eval)
         metrics.update(scores)
+        if predictions is None and isinstance(task, GenerativeTask) and is_main_process():
+            # Nothing generated (e.g. sft's eval_max_rows: 0): each held-out row's loss is still the final
+            # model's per-row result, and shows which answers it learned worst.
+            predictions = row_losses(trainer, task, splits.eval, tokenizer, max_length)
+            note = "each row's loss; set task.eval_max_rows to generate answers and score them"
     if predictions is not None and is_main_process():
         predictions.insert(0, "row", [int(i) + 1 for i in predictions.index])
         task.write_predictions(predictions, run.eval_predictions, "jsonl")
@@ -205,14 +243,19 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
         atomic_write_json(run.task_state, task.state())  # again: the review may have calibrated the task
         atomic_write_json(run.metrics, metrics)
         plot_history(run)
-    echo(f"saved: {run.final}  metrics: {run.metrics}")
+    where = None
+    if predictions is not None:
+        where = f"{run.eval_predictions} ({len(predictions)} rows" + (f": {note})" if note else ")")
+    for line in summary_lines(metrics, scores, task.metric_for_best_model()[0], len(splits.eval), where,
+                              str(run.final), str(run.metrics)):
+        echo(line)
     return RunResult(run_dir=run.path, metrics=metrics)
 
 
 # -- section 1 helpers: resuming, failures ----------------------------------------------------------------
 RESUME_CHANGEABLE = ("train.max_steps", "train.epochs")
 """What a resumed run may change: its length. Everything else stays as the run started."""
-_RECIPE_SET = ("train.output_dir", "model.predict_dtype")  # written by the recipe itself, never compared
+_RECIPE_SET = ("train.output_dir", "model.predict_dtype", "model.pooling")  # written by the recipe itself, never compared
 
 
 def _resume_plan(run: RunDir, given: RunConfig, echo) -> tuple[RunConfig, Path | None]:
@@ -332,5 +375,19 @@ def _after_failure(run: RunDir, resume: bool, exc: BaseException, main: bool) ->
     return exc
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+# -- section 5 helpers: the time estimate before training ---------------------------------------------------
+def _estimate_before_training(trainer, train_examples, checkpoint, measured_steps: int, echo) -> None:
+    """Print how long training should take before its first step: one batch of real rows timed now, scaled
+    by the tokens of the steps still to run. `TimeEstimateCallback` refines it from the first real steps."""
+    planned = trainer.planned_steps()
+    remaining = (planned or 0) - (checkpoint_step(checkpoint) if checkpoint is not None else 0)
+    if remaining <= 0:
+        return  # already trained to its length (the recipe says so) or unknown: nothing to estimate
+    per_token = seconds_per_token(trainer, train_examples)
+    if per_token is None:
+        return
+    args = trainer.args
+    total = per_token * planned_tokens(train_examples, remaining,
+                                       args.per_device_train_batch_size * args.gradient_accumulation_steps)
+    refined = f"; refined after {measured_steps} steps" if remaining > measured_steps else ""
+    echo(f"estimated training time: {duration(total)} for {remaining} steps (a batch timed before training{refined})")

@@ -8,6 +8,7 @@
     history.jsonl      one JSON object per logging/eval step
     metrics.json       final metrics, flat
     eval_predictions.jsonl  the final model's predictions on the held-out rows, with per-row scores
+    train.log          what the run printed (plain text), written as it goes; a resumed run appends
     plots/loss.png     train/eval loss curves
     checkpoints/       Trainer checkpoints (resumable); each is written under a temporary name and renamed
                        when complete (training/trainer.py), so a `checkpoint-N` folder is a whole checkpoint
@@ -41,7 +42,7 @@ _REPLACED = ".tunelab-replaced-"
 RUN_ENTRIES = frozenset({
     MARKER, "config.yaml", "task_state.json", "eval_rows.json", "data_report.json", "history.jsonl", "metrics.json",
     "eval_predictions.jsonl", "plots", "checkpoints", "final", "test_answers.json", "quickstart_samples.csv",
-    "baseline.npz", "eval", "train.log",  # train.log: a sweep trial's output (sweeps.py)
+    "baseline.npz", "eval", "train.log",
 })
 _LOCKS: dict[str, int] = {}  # absolute run folder -> the fd holding its lock
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -68,6 +69,7 @@ class RunDir:
     history = property(lambda self: self.path / "history.jsonl")
     metrics = property(lambda self: self.path / "metrics.json")
     eval_predictions = property(lambda self: self.path / "eval_predictions.jsonl")
+    train_log = property(lambda self: self.path / "train.log")
     plots = property(lambda self: self.path / "plots")
     checkpoints = property(lambda self: self.path / "checkpoints")
     final = property(lambda self: self.path / "final")
@@ -331,3 +333,65 @@ def _os_message(exc: OSError, what: str) -> str:
         exc.errno, (exc.strerror or str(exc)).lower())
     where = f" ({exc.filename})" if exc.filename else ""
     return f"{what}: {reason}{where}"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class ConsoleLog:
+    """train.log: every line the run prints, as plain text (no terminal colour codes), flushed line by line so
+    it is complete up to the moment a run is killed. A resumed run appends to it, from `start()` on: lines
+    before it are kept back, so a resume that finds nothing to do leaves the run's files as they were."""
+
+    def __init__(self, path: Path, append: bool = False):
+        self.path, self.append = path, append
+        self.file = None
+        self.pending: list[str] = []
+        self.started = self.closed = False
+
+    def start(self) -> None:
+        if self.started or self.closed:
+            return
+        self.started = True
+        self.file = open(self.path, "a" if self.append else "w", encoding="utf-8")
+        if self.append and self.file.tell():
+            self.write(f"--- resumed {datetime.now().strftime('%Y-%m-%d %H:%M:%S')} ---")
+        for line in self.pending:
+            self.write(line)
+        self.pending = []
+
+    def write(self, line: str) -> None:
+        if self.file is None:
+            if not self.closed:
+                self.pending.append(line)
+            return
+        try:
+            self.file.write(_ANSI.sub("", str(line)) + "\n")
+            self.file.flush()
+        except (OSError, ValueError):  # a full disk must not stop a run over its log; the checkpoint writes say so
+            pass
+
+    def tee(self, echo):
+        """`echo` that also writes each line here."""
+        def both(line="", *args, **kwargs):
+            self.write(line)
+            return echo(line, *args, **kwargs)
+        return both
+
+    def close(self) -> None:
+        self.closed = True
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+
+    def add_after_close(self, line: str) -> None:
+        """One more line into a started log that was closed (why a kept run stopped)."""
+        if self.started:
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(_ANSI.sub("", str(line)) + "\n")
+            except OSError:
+                pass

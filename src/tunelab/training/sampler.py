@@ -57,8 +57,9 @@ class LengthBucketSampler(torch.utils.data.Sampler[int]):
 
 
 def example_lengths(dataset, key: str = "input_ids") -> list[int] | None:
-    """Token length per example, or None when examples carry no `key` (then no bucketing)."""
+    """Token length per example, or None when examples carry no `key` (then no bucketing). A pair example
+    (`input_ids` + `input_ids_b`, a reward model's two sequences) counts its longer sequence."""
     try:
-        return [len(dataset[i][key]) for i in range(len(dataset))]
+        return [max(len(dataset[i][key]), len(dataset[i].get(f"{key}_b", ()))) for i in range(len(dataset))]
     except (KeyError, TypeError, IndexError):
         return None

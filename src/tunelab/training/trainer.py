@@ -36,10 +36,11 @@ import os
 import shutil
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import Trainer
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from tunelab.errors import UserError
@@ -74,11 +75,18 @@ STAGING = ".saving"
 class TunelabTrainer(Trainer):
     """`matmul_precision`: torch float32 matmul precision while it runs (`model.matmul_precision`; None = as is).
     `cpu_threads`: intra-op threads while it runs (`train.cpu_threads`); None = on CPU, chosen by
-    `models.threads.choose_cpu_threads` (env, else measured). The count used is `self.cpu_threads`."""
+    `models.threads.choose_cpu_threads` (env, else measured). The count used is `self.cpu_threads`.
+    `head_logits`: a classification task's map from the model's logits to its class logits (identity for one
+    row per example; a reward model's per-sequence scores -> pair logits); with it, the trainer computes the
+    cross-entropy itself (with `label_smoothing`), and evaluation sees the class logits."""
 
     def __init__(self, *args, length_bucketing: bool = True, selective_logits: bool = True,
                  fused_head_loss: bool = True, token_budget: int | str | None = "auto",
-                 matmul_precision: str | None = None, cpu_threads: int | None = None, **kwargs):
+                 matmul_precision: str | None = None, cpu_threads: int | None = None,
+                 head_logits: Callable[[torch.Tensor], torch.Tensor] | None = None, label_smoothing: float = 0.0,
+                 **kwargs):
+        self.head_logits = head_logits
+        self.label_smoothing = label_smoothing
         self.length_bucketing = length_bucketing
         self.selective_logits = selective_logits
         self.fused_head_loss = fused_head_loss
@@ -313,6 +321,9 @@ class TunelabTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        if self.head_logits is not None and torch.is_tensor(labels) and labels.dim() == 1:
+            return self._classification_loss(model, inputs, return_outputs, num_items_in_batch)
         if not self._use_selective_logits(model, inputs):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
@@ -335,6 +346,20 @@ class TunelabTrainer(Trainer):
             loss = causal_lm_loss(logits, labels, keep=keep, num_items_in_batch=num_items_in_batch)
         loss = self._rescale_for_devices(loss, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _classification_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = self.head_logits(outputs.logits)
+        total = torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing,
+                                                  reduction="sum")
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # The Trainer does not divide by the accumulation steps then: normalise by the global label count.
+            loss = self._rescale_for_devices(total / num_items_in_batch, num_items_in_batch)
+        else:
+            loss = total / max(labels.numel(), 1)
+        return (loss, SequenceClassifierOutput(loss=loss, logits=logits)) if return_outputs else loss
 
     def _rescale_for_devices(self, loss, num_items_in_batch):
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
