@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli.app import TRUST_REMOTE_CODE_HELP, app, console, user_errors, warn_remote_code
+from tunelab.cli.app import TRUST_REMOTE_CODE_HELP, app, console, err_console, user_errors, warn_remote_code
 from tunelab.errors import UserError
 
 submission_app = typer.Typer(no_args_is_help=True, help="Check competition submission files.")
@@ -71,17 +71,43 @@ def ensemble(run_dirs: list[str] = typer.Argument(..., help="Two or more run dir
 @app.command("export")
 @user_errors
 def export(run_dir: Path = typer.Argument(...),
-           offline_bundle: Path = typer.Option(..., "--offline-bundle", help="Folder to create."),
-           overwrite: bool = typer.Option(False, help="Replace --offline-bundle if it is an earlier tunelab bundle "
-                                          "(any other folder is never replaced)."),
+           offline_bundle: Optional[Path] = typer.Option(None, "--offline-bundle", help="Folder to create: the run "
+                                                         "for `tunelab predict` on machines without network."),
+           merged: Optional[Path] = typer.Option(None, "--merged", help="Folder to create: LoRA merged into fp32 "
+                                                 "weights + tokenizer, for plain transformers `from_pretrained`."),
+           gguf: Optional[Path] = typer.Option(None, "--gguf", help="GGUF file to write (llama-architecture decoders), "
+                                               "for llama.cpp / Ollama."),
+           gguf_type: str = typer.Option("f16", "--gguf-type", help="Tensor type in the GGUF file: f16, bf16 or f32."),
+           overwrite: bool = typer.Option(False, help="Replace an earlier export of the same kind there (any other "
+                                          "folder or file is never replaced)."),
            trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_REMOTE_CODE_HELP)):
-    """Package a run as a self-contained folder for machines without network (e.g. Kaggle notebooks)."""
+    """Export a run: an offline bundle for tunelab, a merged transformers folder, and/or a GGUF file."""
     from tunelab.api import export_bundle
 
+    if offline_bundle is None and merged is None and gguf is None:
+        raise UserError("say what to export: --offline-bundle DIR, --merged DIR and/or --gguf FILE.gguf")
     warn_remote_code(trust_remote_code)
-    path = export_bundle(run_dir, offline_bundle, overwrite=overwrite, trust_remote_code=trust_remote_code)
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    console.print(f"offline bundle written to {path} ({size / 1e6:.1f} MB); use it with `tunelab predict {path} ...`")
+    if offline_bundle is not None:
+        path = export_bundle(run_dir, offline_bundle, overwrite=overwrite, trust_remote_code=trust_remote_code)
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        console.print(f"offline bundle written to {path} ({size / 1e6:.1f} MB); use it with `tunelab predict {path} ...`")
+    if merged is not None:
+        from tunelab.api import export_merged
+
+        result = export_merged(run_dir, merged, overwrite=overwrite, trust_remote_code=trust_remote_code)
+        console.print(f"merged model written to {result.path}; load it with "
+                      f"`{result.model_class}.from_pretrained(\"{result.path}\")`")
+        if any(d.startswith("POOLING") for d in result.differences):
+            err_console.print(f"[yellow]warning:[/] plain transformers' outputs differ from the run's: it was trained "
+                              f"with mean pooling, which transformers does not apply (see {result.path / 'README.md'})",
+                              markup=True, soft_wrap=True)
+    if gguf is not None:
+        from tunelab.api import export_gguf
+
+        path = export_gguf(run_dir, gguf, tensor_type=gguf_type, overwrite=overwrite,
+                           trust_remote_code=trust_remote_code)
+        console.print(f"GGUF written to {path} ({path.stat().st_size / 1e6:.1f} MB, {gguf_type}); e.g. "
+                      f"`llama-cli -m {path}`")
 
 
 @submission_app.command("check")

@@ -65,6 +65,11 @@ class GenerationEngine:
         return sorted(i for i in ids if i is not None)
 
     @property
+    def stop_token_ids(self) -> list[int]:
+        """Token ids that end a reply: EOS and the chat template's end-of-turn token."""
+        return self._stop_ids()
+
+    @property
     def device(self):
         return next(self.model.parameters()).device
 
@@ -97,6 +102,28 @@ class GenerationEngine:
         self.stats.prompts += len(prompts)
         self.stats.seconds += time.perf_counter() - start
         return outputs
+
+    @torch.inference_mode()
+    def generate_batch_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, logits_processor=None,
+                           stopping_criteria=None) -> torch.Tensor:
+        """One left-padded batch of tokenized prompts through `model.generate`, greedy unless `logits_processor`
+        picks tokens itself: the hook of the server's request batching (tunelab.inference.batching), whose
+        processor samples each row with its own settings and whose stopping criteria stream and stop each row.
+        Returns the new token ids (rows padded after they stopped)."""
+        kwargs = self._generate_kwargs(max_new_tokens=max_new_tokens, do_sample=False)
+        pad = kwargs["pad_token_id"] if kwargs["pad_token_id"] is not None else kwargs["eos_token_id"][0]
+        width = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in prompt_ids], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids],
+                                      device=self.device)
+        start = time.perf_counter()
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, logits_processor=logits_processor,
+                                  stopping_criteria=stopping_criteria, **kwargs)
+        new = out[:, width:]
+        self.stats.prompts += len(prompt_ids)
+        self.stats.new_tokens += sum(_count_until_stop(row, kwargs["eos_token_id"] + [pad]) for row in new)
+        self.stats.seconds += time.perf_counter() - start
+        return new
 
     def stream(self, prompt: str, **overrides) -> Iterator[str]:
         """Yield text pieces as they are generated (for interactive chat)."""
