@@ -1,4 +1,4 @@
-"""`tunelab lab tokens|template|compare|lengths`: look inside fine-tuning before trusting it."""
+"""`tunelab lab tokens|template|compare|explain|lengths`: look inside fine-tuning before trusting it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from rich.text import Text
 from tunelab.cli.app import app, console, user_errors
 
 lab_app = typer.Typer(no_args_is_help=True, help="Understand fine-tuning: special tokens, the chat template and "
-                      "loss mask, models side by side, token lengths.")
+                      "loss mask, models side by side, one training step explained, token lengths.")
 app.add_typer(lab_app, name="lab")
 
 
@@ -219,6 +219,43 @@ def compare(models: str = typer.Option(..., help="Comma-separated: packaged alia
 
 def _clip(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
+
+
+# -- explain: one real training step, narrated ---------------------------------------------------------------
+@lab_app.command("explain")
+@user_errors
+def explain(config: Path, output: Path = typer.Option(Path("explain"), help="Folder for explain.md and its plots."),
+            step: Optional[int] = typer.Option(None, min=1, help="The optimizer step to explain (earlier ones run "
+                                               "unobserved); default: the first with a learning rate above 0."),
+            overwrite: bool = typer.Option(False, help="Replace an earlier explain.md in --output."),
+            set_items: Optional[list[str]] = typer.Option(None, "--set")):
+    """Run one real optimizer step of CONFIG's run and explain it: batch, loss, gradients, AdamW, LR schedule,
+    memory and time."""
+    from tunelab.errors import UserError
+    from tunelab.io import check_output_file
+    from tunelab.lab.explain import MARKDOWN, explain as explain_step, sections
+    from tunelab.lab.template import load_view_config
+
+    run_config = load_view_config(config, None, set_items)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file; give a folder")
+    check_output_file(output / MARKDOWN, overwrite, option="--output")
+    explanation = explain_step(run_config, output, step, str(config), echo=lambda line: console.print(escape(line)))
+    for section in sections(explanation):
+        console.rule(f"[bold]{escape(section.title)}")
+        for line in section.lines:
+            console.print(escape(line), soft_wrap=True)
+        for title, header, rows in section.tables:
+            table = Table(title=escape(title))
+            for name in header:
+                table.add_column(escape(name))
+            for row in rows:
+                table.add_row(*(escape(cell) for cell in row))
+            console.print(table)
+        if section.image:
+            console.print(f"[dim]plot: {escape(str(output / section.image))}[/]")
+    console.rule()
+    console.print("wrote " + ", ".join(escape(str(path)) for path in explanation.files))
 
 
 # -- lengths (also `tunelab data lengths`) -----------------------------------------------------------------

@@ -131,31 +131,13 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
 
     # 4. Model: the task's head, on the detected hardware, with LoRA unless full fine-tuning. Seeded first,
     # so a fresh head and the LoRA matrices start the same in every process.
-    from transformers import set_seed
-
-    set_seed(config.train.seed)
-    model = load_model(config.model, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer,
-                       frozen_base=config.lora.enabled)
-    if isinstance(task, SequenceClassificationTask) and task.probe_head_first() and checkpoint is None:
-        from tunelab.training.head_init import probe_head
-
-        probed = probe_head(model, train_examples, task.collate(tokenizer), len(task.classes), seed=config.train.seed)
-        if probed:
-            echo(f"head initialised by a linear probe on the frozen features (train accuracy "
-                 f"{probed['probe_train_accuracy']:.3f}, {probed['probe_seconds']:.0f} s)")
-    if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    model = apply_lora(model, config.lora, task.head, task.lora_modules_to_save(),
-                       quantized=config.model.load_in_4bit or config.model.load_in_8bit,
-                       gradient_checkpointing=bool(config.train.gradient_checkpointing))
+    model = load_model_for_training(config, task, hardware, tokenizer, train_examples,
+                                    probe_head_first=checkpoint is None, echo=echo)
     echo(trainable_summary(model))
 
     # 5. Train with the ecosystem's Trainer; our callbacks write the run dir.
     from tunelab.training.arguments import training_arguments
     from transformers.trainer_callback import PrinterCallback
-
-    from tunelab.training.trainer import TunelabTrainer
 
     args = training_arguments(config, run, hardware, task, n_train=len(train_examples), has_eval=bool(eval_examples))
     saved_at = (checkpoint / "trainer_state.json").stat().st_mtime if checkpoint is not None else None
@@ -175,11 +157,7 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
         from tunelab.tasks.review import LIKELY_CAUSES
 
         callbacks.append(LearningWatch(echo, len(task.classes), LIKELY_CAUSES))
-    trainer = TunelabTrainer(model=model, args=args, data_collator=task.collate(tokenizer),
-                             train_dataset=train_examples, eval_dataset=eval_examples or None,
-                             processing_class=tokenizer, compute_metrics=task.trainer_metrics(), callbacks=callbacks,
-                             matmul_precision=config.model.matmul_precision, cpu_threads=config.train.cpu_threads,
-                             head_logits=getattr(task, "head_logits", None), label_smoothing=config.train.label_smoothing)
+    trainer = make_trainer(config, task, model, tokenizer, args, train_examples, eval_examples, callbacks)
     stopper.trainer = trainer
     if trainer.cpu_threads is not None:
         echo(f"cpu threads: {trainer.cpu_threads}   float32 matmul precision: {config.model.matmul_precision}")
@@ -250,6 +228,45 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
                               str(run.final), str(run.metrics)):
         echo(line)
     return RunResult(run_dir=run.path, metrics=metrics)
+
+
+# -- sections 4 and 5 helpers: the model and the Trainer, shared with `tunelab lab explain` -------------------
+def load_model_for_training(config: RunConfig, task, hardware, tokenizer, train_examples,
+                            probe_head_first: bool = True, echo: Callable[[str], None] = print):
+    """The task's model as training starts from it: seeded first, so a fresh head and the LoRA matrices start
+    the same in every process; a classifier's head probed first (`probe_head_first`: not when resuming);
+    gradient checkpointing; LoRA unless full fine-tuning."""
+    from transformers import set_seed
+
+    set_seed(config.train.seed)
+    model = load_model(config.model, task.head, hardware, task.head_kwargs(), tokenizer=tokenizer,
+                       frozen_base=config.lora.enabled)
+    if isinstance(task, SequenceClassificationTask) and task.probe_head_first() and probe_head_first:
+        from tunelab.training.head_init import probe_head
+
+        probed = probe_head(model, train_examples, task.collate(tokenizer), len(task.classes), seed=config.train.seed)
+        if probed:
+            echo(f"head initialised by a linear probe on the frozen features (train accuracy "
+                 f"{probed['probe_train_accuracy']:.3f}, {probed['probe_seconds']:.0f} s)")
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return apply_lora(model, config.lora, task.head, task.lora_modules_to_save(),
+                      quantized=config.model.load_in_4bit or config.model.load_in_8bit,
+                      gradient_checkpointing=bool(config.train.gradient_checkpointing))
+
+
+def make_trainer(config: RunConfig, task, model, tokenizer, args, train_examples, eval_examples=(),
+                 callbacks: Sequence = (), trainer_class=None):
+    """The run's TunelabTrainer (`trainer_class`: a subclass of it, e.g. one that observes a step)."""
+    from tunelab.training.trainer import TunelabTrainer
+
+    return (trainer_class or TunelabTrainer)(
+        model=model, args=args, data_collator=task.collate(tokenizer),
+        train_dataset=train_examples, eval_dataset=eval_examples or None,
+        processing_class=tokenizer, compute_metrics=task.trainer_metrics(), callbacks=list(callbacks),
+        matmul_precision=config.model.matmul_precision, cpu_threads=config.train.cpu_threads,
+        head_logits=getattr(task, "head_logits", None), label_smoothing=config.train.label_smoothing)
 
 
 # -- section 1 helpers: resuming, failures ----------------------------------------------------------------
