@@ -77,9 +77,9 @@ def run_entry(name: str, extra: dict, workdir: Path) -> dict:
     run = tunelab.load(result.run_dir)
     task = run.task
     if entry["test"] is not None:
-        frame, split = run.read(entry["test"]), f"test ({Path(entry['test']).name})"
+        frame, split = run.read(entry["test"]), Path(entry["test"]).name
     else:
-        frame, split = tunelab.held_out_rows(run), "held-out eval rows"
+        frame, split = tunelab.held_out_rows(run), "held-out rows"
     labelled = frame[task.label_ids(frame)[1]] if hasattr(task, "label_ids") else frame
     model_probs = task.predict_proba(run.model, run.tokenizer, labelled)
     rows = {"model": task.score_probabilities(labelled, model_probs)}

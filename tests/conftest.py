@@ -94,3 +94,24 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"end-to-end test skipped in CI, which always has ../shared/data: {reason}"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A tiny random BERT with MiniLM's real tokenizer, and a small 3-label training file."""
+    import pandas as pd
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tunelab.models.registry import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2").path)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    words = {"sports": "match goal team score", "weather": "rain sun cloud wind", "food": "bread soup rice cake"}
+    rows = [{"text": f"{w} {i}", "label": label} for label, ws in words.items() for i, w in enumerate(ws.split() * 3)]
+    pd.DataFrame(rows).to_csv(folder / "train.csv", index=False)
+    return folder

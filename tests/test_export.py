@@ -63,25 +63,6 @@ def test_export_without_a_target_says_what_to_export(lora_sft_run, cli):
     assert code == 2 and "--merged" in output and len(output.strip().splitlines()) == 1
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A tiny random BERT with MiniLM's real tokenizer, and a small 3-label training file."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from tunelab.models.registry import resolve_model
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2").path)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=64)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    words = {"sports": "match goal team score", "weather": "rain sun cloud wind", "food": "bread soup rice cake"}
-    rows = [{"text": f"{w} {i}", "label": label} for label, ws in words.items() for i, w in enumerate(ws.split() * 3)]
-    pd.DataFrame(rows).to_csv(folder / "train.csv", index=False)
-    return folder
-
-
 def _classify_run(model_dir, out, pooling: str):
     config = build_config({
         "task": {"name": "classify", "baseline": False, "calibrate": False},

@@ -196,31 +196,19 @@ def _wait_for(condition, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_classify_run(tmp_path_factory):
-    """A classify run on a tiny random BERT with MiniLM's tokenizer, trained for one step (seconds)."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
+def tiny_classify_run(tiny_bert, tmp_path_factory):
+    """A classify run on a tiny random BERT with MiniLM's tokenizer (conftest `tiny_bert`), one step (seconds)."""
     import tunelab
     from tunelab.config import build_config
-    from tunelab.models.registry import resolve_model
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2").path)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=64)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    words = {"sports": "match goal team score", "weather": "rain sun cloud wind", "food": "bread soup rice cake"}
-    rows = [{"text": f"{w} {i}", "label": label} for label, ws in words.items() for i, w in enumerate(ws.split() * 3)]
-    pd.DataFrame(rows).to_csv(folder / "train.csv", index=False)
+    folder = tiny_bert
     config = build_config({
         "task": {"name": "classify", "baseline": False, "calibrate": False, "top_k": 2},
         "model": {"name_or_path": str(folder)},
         "data": {"train_path": str(folder / "train.csv"), "eval_fraction": 0.0},
         "lora": {"enabled": False},
         "train": {"preset": "fast", "max_steps": 1, "batch_size": 8, "max_length": 16,
-                  "output_dir": str(folder / "run"), "estimate_steps": 0},
+                  "output_dir": str(tmp_path_factory.mktemp("serve-classify") / "run"), "estimate_steps": 0},
     })
     return tunelab.train(config, echo=lambda *_: None).run_dir
 

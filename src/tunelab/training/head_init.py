@@ -45,12 +45,14 @@ def head_features(model, head: torch.nn.Module, examples: list[dict], collate, b
             for start in range(0, len(order), batch_size):
                 rows = [{k: v for k, v in examples[i].items() if k != "labels"} for i in order[start:start + batch_size]]
                 model(**{k: v.to(device) for k, v in collate(rows).items()})
+                # A decoder's head sees every position (transformers pools the last real token after it): known
+                # after one batch, so the rest is not run for nothing.
+                if captured and captured[0].ndim == 3:
+                    raise ValueError("per-position head inputs: linear probing supports pooled heads only")
     finally:
         hook.remove()
         model.train(was_training)
     features = torch.cat(captured).numpy()
-    if features.ndim == 3:  # a decoder's head sees every position; transformers pools the last real token after
-        raise ValueError("per-position head inputs: linear probing supports pooled heads only")
     out = np.empty_like(features)
     out[order] = features
     return out
