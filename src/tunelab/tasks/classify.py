@@ -209,7 +209,7 @@ class ClassifyTask(SequenceClassificationTask):
         return self.options.head_init == "probe"
 
     def class_prior(self):
-        if not self.label_counts:
+        if not self.label_counts:  # add-one smoothing: a class seen 0 times is not impossible
             return None
         counts = np.array([self.label_counts.get(c, 0) for c in self.classes], dtype=np.float64) + 1.0
         return counts / counts.sum()
@@ -223,8 +223,7 @@ class ClassifyTask(SequenceClassificationTask):
             counts = np.array([self.label_counts.get(c, 0) for c in self.classes])
             prior = majority_probs(np.repeat(np.arange(len(self.classes)), counts), len(self.classes), int(known.sum()))
             metrics[f"prior_map@{self.options.top_k}"] = map_at_k(ids[known], prior, self.options.top_k)
-            smoothed = (counts + 1.0) / (counts + 1.0).sum()  # add-one: a class seen 0 times is not impossible
-            metrics["prior_log_loss"] = log_loss(ids[known], np.tile(smoothed, (int(known.sum()), 1)))
+            metrics["prior_log_loss"] = log_loss(ids[known], np.tile(self.class_prior(), (int(known.sum()), 1)))
         if not known.all():
             metrics["eval_rows_unknown_label"] = int((~known).sum())
         return metrics

@@ -378,9 +378,9 @@ class PreferenceTask(SequenceClassificationTask):
         from tunelab.metrics.classification import log_loss, pearson
 
         labels = frame[LABEL].astype(int).to_numpy()
-        prior = np.asarray(self.class_counts, dtype=np.float64) + 1.0 if self.class_counts else None
+        prior = self.class_prior()
         if prior is not None:
-            prior = np.tile(prior / prior.sum(), (len(labels), 1))
+            prior = np.tile(prior, (len(labels), 1))
         if probs.shape[1] == 2 and (labels == 2).any():  # ties scored against a 2-way model's tie floor
             probs = self.with_tie(probs)
             prior = self.with_tie(prior) if prior is not None else None
