@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", help="write the rows (setting, tokens_per_s, peak_rss_gb, ...) to this file")
     p.add_argument("--same-threads-baseline", action="store_true",
                    help="also time the baseline with the thread count tunelab picked")
     args = p.parse_args()
@@ -45,9 +46,9 @@ def main() -> None:
     import torch
 
     from tunelab.config.schema import GenerationConfig, ModelConfig
-    from tunelab.inference.engine import GenerationEngine, _count_until_stop
-    from tunelab.models.hardware import detect_hardware
-    from tunelab.models.loading import load_model, load_tokenizer
+    from tunelab.inference.engine import GenerationEngine, _count_until_stop, _length_groups
+    from tunelab.models.hardware import cpu_flags, detect_hardware
+    from tunelab.models.loading import load_model, load_tokenizer, predict_dtype
 
     model_cfg = ModelConfig(name_or_path=args.model, dtype="float32")
     tokenizer = load_tokenizer(model_cfg)
@@ -73,25 +74,54 @@ def main() -> None:
                 texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
         return texts, tokens, time.perf_counter() - start
 
+    def engine_run(engine, bucketed: bool = True):
+        engine.bucketed_prefill = bucketed
+        before = engine.stats.new_tokens
+        start = time.perf_counter()
+        texts = engine.generate(prompts)
+        return texts, engine.stats.new_tokens - before, time.perf_counter() - start
+
     default_threads = torch.get_num_threads()
     singles, single_tokens, single_s = one_at_a_time()
+    rows = [("one_at_a_time_fp32", f"one at a time, fp32 generate ({default_threads} thr)", singles, single_tokens,
+             single_s)]
     engine = GenerationEngine(model, tokenizer, gen_cfg)  # on CPU this calibrates the thread count
     if args.same_threads_baseline and torch.get_num_threads() != default_threads:
         _, t2, s2 = one_at_a_time()
         print(f"(one at a time with tunelab's {torch.get_num_threads()} thread(s): {t2 / s2:.1f} tok/s)")
+    threads = torch.get_num_threads()
+    rows.append(("engine_fp32_one_prefill", f"GenerationEngine fp32, one padded prefill ({threads} thr)",
+                 *engine_run(engine, bucketed=False)))
+    rows.append(("engine_fp32", f"GenerationEngine fp32, prefill by length ({threads} thr)", *engine_run(engine)))
+    # What `tunelab predict`/`chat` use for a generative run: model.predict_dtype auto (bf16 on a fast-bf16 CPU).
+    auto_cfg = ModelConfig(name_or_path=args.model)
+    auto_hw = detect_hardware(auto_cfg)
+    dtype = predict_dtype(auto_cfg, auto_hw, generative=True)
+    if dtype != torch.float32:
+        fast = load_model(auto_cfg, "causal_lm", auto_hw, tokenizer=tokenizer, for_training=False, dtype=dtype).eval()
+        name = str(dtype).removeprefix("torch.")
+        rows.append((f"engine_{name}", f"GenerationEngine {name} (tunelab default) ({threads} thr)",
+                     *engine_run(GenerationEngine(fast, tokenizer, gen_cfg))))
 
-    start = time.perf_counter()
-    batched = engine.generate(prompts)
-    batched_s = time.perf_counter() - start
-    batched_tokens = engine.stats.new_tokens
-
-    same = sum(a == b for a, b in zip(singles, batched))
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    padded_one = max(lengths) * len(lengths)  # one batch when batch_size >= prompts
+    padded_groups = sum(max(lengths[i] for i in g) * len(g) for g in _length_groups(lengths))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    print(f"{hardware.describe()}; {len(prompts)} prompts x <= {args.new_tokens} new tokens, greedy")
-    print(f"{f'one at a time, fp32 generate ({default_threads} thr)':40s} {single_tokens / single_s:8.1f} tok/s  ({single_tokens} tokens, {single_s:.1f}s)")
-    print(f"{f'tunelab GenerationEngine ({torch.get_num_threads()} thr)':40s} {batched_tokens / batched_s:8.1f} tok/s  ({batched_tokens} tokens, {batched_s:.1f}s)")
-    print(f"speed-up: {(batched_tokens / batched_s) / (single_tokens / single_s):.2f}x; "
-          f"identical completions: {same}/{len(prompts)}; peak RSS {rss:.2f} GB")
+    base = single_tokens / single_s
+    print(f"{hardware.describe()}; CPU flags: {' '.join(cpu_flags()) or 'none of avx2/avx512/bf16/amx'}; "
+          f"{len(prompts)} prompts x <= {args.new_tokens} new tokens, greedy")
+    print(f"prefill positions: one padded batch {padded_one}, by length {padded_groups}, real {sum(lengths)}")
+    results = []
+    for setting, label, texts, tokens, seconds in rows:
+        same = sum(a == b for a, b in zip(singles, texts))
+        print(f"{label:58s} {tokens / seconds:8.1f} tok/s  {tokens / seconds / base:5.2f}x  "
+              f"({tokens} tokens, {seconds:.1f}s; equal to fp32 one-at-a-time: {same}/{len(prompts)})")
+        results.append({"setting": setting, "tokens_per_s": tokens / seconds, "speedup": tokens / seconds / base,
+                        "new_tokens": tokens, "seconds": seconds, "equal_outputs": same, "prompts": len(prompts),
+                        "peak_rss_gb": rss, "cpu_flags": cpu_flags()})
+    print(f"peak RSS {rss:.2f} GB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

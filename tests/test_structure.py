@@ -10,8 +10,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 # Higher layers may import lower ones, never the reverse (../shared/ARCHITECTURE.md):
 # cli -> api (+ evaluation, lab) -> training / inference -> tasks -> models / data -> leaves.
 LAYERS = {
-    "cli": 7, "serve": 7,
-    "evaluation": 6, "lab": 6, "quickstart": 6, "sweeps": 6,
+    "cli": 7, "serve": 7, "ui": 7,
+    "evaluation": 6, "lab": 6, "quickstart": 6, "sweeps": 6, "runs": 6,
     "api": 5,
     "training": 4,
     "inference": 3,

@@ -165,7 +165,7 @@ def load_base(model: str, task: str = "sft", config: RunConfig | None = None, de
     hardware = detect_hardware(config.model)
     tokenizer = load_tokenizer(config.model)
     m = load_model(config.model, task_obj.head, hardware, task_obj.head_kwargs(), tokenizer=tokenizer,
-                   for_training=False, dtype=predict_dtype(config.model, hardware))
+                   for_training=False, dtype=predict_dtype(config.model, hardware, isinstance(task_obj, GenerativeTask)))
     m.eval()
     return LoadedRun(config=config, task=task_obj, model=m, tokenizer=tokenizer, hardware=hardware, run_dir=None)
 

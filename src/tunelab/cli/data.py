@@ -68,4 +68,16 @@ def lengths(config: Path, data: Optional[str] = typer.Option(None), png: Path = 
     tokenizer = load_tokenizer(cfg.model)
     task.fit(splits.train)
     report = length_report(task.input_lengths(splits.train, tokenizer), cfg.train.max_length, png)
+    report.update(tokenizer_fit_report(tokenizer, splits.train, cfg.model.name_or_path))
     console.print_json(data=report)
+
+
+def tokenizer_fit_report(tokenizer, frame, model: str) -> dict:
+    """Tokens per letter for each script of the data (its first rows), and the fit warning if any."""
+    from tunelab.data.tokenizer_fit import SAMPLE_ROWS, fit_warning, frame_texts, script_costs
+
+    texts = frame_texts(frame, SAMPLE_ROWS * 5)
+    costs = script_costs(tokenizer, texts)
+    return {"tokens_per_letter": {c.script: round(c.tokens_per_character, 3) for c in costs},
+            "letters_per_script": {c.script: c.characters for c in costs},
+            "tokenizer_fit": fit_warning(tokenizer, texts, model) or "fine: at most ~2 tokens per letter"}

@@ -79,6 +79,10 @@ def tokens(model: str = typer.Argument(..., help="A packaged alias, a model fold
             costs.add_row(cost.script, f"{cost.characters:,}", f"{cost.tokens:,}", f"{cost.tokens_per_character:.2f}",
                           str(cost.unknown_tokens))
         console.print(costs)
+        if report.fit_warning:
+            console.print(f"[yellow]{escape(report.fit_warning)}[/]")
+        elif report.scripts:
+            console.print("tokenizer fit: at most ~2 tokens per letter of this data's main script(s), fine")
 
 
 def _add_tokens(model: str, add: str, output: Path, overwrite: bool) -> None:

@@ -10,7 +10,7 @@ import typer
 from tunelab.cli.app import app, console
 
 # One module per verb group; importing a module registers its commands on `app`.
-COMMAND_MODULES = ("train", "chat", "data", "info", "quickstart", "predict", "eval", "sweep", "lab", "serve")
+COMMAND_MODULES = ("train", "chat", "data", "info", "quickstart", "predict", "eval", "sweep", "lab", "serve", "ui")
 
 
 def _register() -> None:

@@ -36,7 +36,8 @@ class ModelConfig(Section):
     itself: only `--trust-remote-code` on the command line does (tunelab.load(..., trust_remote_code=True))."""
     predict_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """dtype of a trained run at prediction time; `auto` is resolved when training starts and saved with the
-    run (float32 on CPU, which reproduces the reported eval metrics; the training dtype on GPUs)."""
+    run (float32 on CPU, which reproduces the reported eval metrics, except text generation on a CPU with fast
+    bf16, which decodes in bf16; the training dtype on GPUs)."""
     pooling: Literal["auto", "native", "mean"] = "auto"
     """How an encoder's classification head reads the sequence: `mean` = attention-masked mean of the token
     states (how sentence-embedding models were trained), `native` = the model's own pooler (BERT: CLS);
@@ -125,6 +126,10 @@ class TrainConfig(Section):
     """Real steps timed to print the training-time estimate (0 = no estimate)."""
     cpu_threads: int | None = Field(None, ge=1)
     """torch CPU threads while training; None = TUNELAB_THREADS, else OMP_NUM_THREADS, else measured (~0.5 s)."""
+    report_to: Literal["none", "tensorboard", "mlflow", "trackio"] = "none"
+    """Also log to an experiment tracker (passed to the Trainer): `tensorboard` writes event files to
+    <run>/tensorboard, `mlflow` a local store in <run>/mlruns (unless MLFLOW_TRACKING_URI is set), `trackio` its own
+    local store. The tracker's package must be installed; history.jsonl is written either way."""
 
 
 class GenerationConfig(Section):

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from tunelab.inference.engine import GenerationEngine
+from tunelab.inference.engine import GenerationEngine, incomplete_utf8_tail
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,20 @@ class _Row:
             self._emit(text[self.sent:cut])
             return self.finish("stop")
         if self.generated >= request.max_tokens:
-            self._emit(text[self.sent:])
-            return self.finish("length")
+            return self.finish_at_length()
         safe = len(text) - _held_back(text, request.stop)
         if safe > self.sent:
             self._emit(text[self.sent:safe])
             self.sent = safe
+
+    def finish_at_length(self) -> None:
+        """Cut at max_tokens: send the rest, without the first bytes of a character that never got its last."""
+        end = len(self.tokens)
+        while end and incomplete_utf8_tail(self.tokenizer, self.tokens[:end]):
+            end -= 1
+        text = self.tokenizer.decode(self.tokens[:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        self._emit(text[self.sent:])
+        self.finish("length")
 
     def _text(self) -> str:
         # Decoded whole each step: a multi-byte character split over tokens shows as U+FFFD until complete.
@@ -233,8 +241,7 @@ class BatchScheduler:
                                       stopping_criteria=StoppingCriteriaList([_RowStopper(rows, set(engine.stop_token_ids))]))
             for row in rows:  # generate stops at its own max_new_tokens too; no row is left open
                 if not row.done:
-                    row._emit(row._text()[row.sent:])
-                    row.finish("length")
+                    row.finish_at_length()
         except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the server
             log.exception("generation failed for a batch of %d requests", len(rows))
             for row in rows:

@@ -9,11 +9,10 @@ model+tokenizer folder that `tunelab train` accepts as `model.name_or_path`.
 from __future__ import annotations
 
 import json
-import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunelab.data.tokenizer_fit import ScriptCost, fit_warning, script_costs, script_of  # noqa: F401 (re-exported)
 from tunelab.errors import UserError
 from tunelab.models.peft_setup import ADDED_TOKENS_FILE
 
@@ -40,18 +39,6 @@ class TokenPiece:
 
 
 @dataclass
-class ScriptCost:
-    script: str
-    characters: int
-    tokens: int
-    unknown_tokens: int
-
-    @property
-    def tokens_per_character(self) -> float:
-        return self.tokens / self.characters if self.characters else 0.0
-
-
-@dataclass
 class TokenReport:
     model: str
     tokenizer_class: str
@@ -64,6 +51,7 @@ class TokenReport:
     sample: list[TokenPiece]
     scripts: list[ScriptCost] = field(default_factory=list)
     data_source: str | None = None
+    fit_warning: str | None = None  # more than ~2 tokens per letter of the data's main script, and a better model
 
 
 def inspect_tokens(model: str, data: str | Path | None = None, columns: list[str] | None = None,
@@ -87,8 +75,10 @@ def inspect_tokens(model: str, data: str | Path | None = None, columns: list[str
                          special=special, template_tokens=template_control_tokens(tokenizer), added=added,
                          sample_kind=kind, sample_text=text, sample=token_pieces(tokenizer, ids))
     if data is not None:
-        report.scripts = script_costs(tokenizer, data_texts(data, columns, encoding))
+        texts = data_texts(data, columns, encoding)
+        report.scripts = script_costs(tokenizer, texts)
         report.data_source = str(data)
+        report.fit_warning = fit_warning(tokenizer, texts, model)
     return report
 
 
@@ -128,44 +118,7 @@ def token_pieces(tokenizer, ids: list[int]) -> list[TokenPiece]:
     return pieces
 
 
-# -- tokens per character, by script ---------------------------------------------------------------------
-def script_of(ch: str) -> str | None:
-    """The writing system of a letter (Hangul, Latin, CJK, ...), None for spaces, digits and punctuation."""
-    if not ch.isalpha():
-        return None
-    code = ord(ch)
-    if 0xAC00 <= code <= 0xD7A3 or 0x1100 <= code <= 0x11FF or 0x3130 <= code <= 0x318F:
-        return "Hangul"
-    name = unicodedata.name(ch, "")
-    for script in ("LATIN", "CJK", "HIRAGANA", "KATAKANA", "CYRILLIC", "GREEK", "ARABIC", "HEBREW", "THAI",
-                   "DEVANAGARI"):
-        if name.startswith(script):
-            return script.capitalize() if script != "CJK" else "CJK"
-    return "other letters"
-
-
-def script_costs(tokenizer, texts: list[str]) -> list[ScriptCost]:
-    """Tokens per letter for each script in `texts`. A token counts for the script most of its letters
-    belong to; tokens with no letter (spaces, digits, punctuation) count for no script."""
-    characters: Counter = Counter()
-    tokens: Counter = Counter()
-    unknown: Counter = Counter()
-    unk_id = tokenizer.unk_token_id
-    for text in texts:
-        for ch in text:
-            script = script_of(ch)
-            if script:
-                characters[script] += 1
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        for token_id, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
-            scripts = Counter(s for s in map(script_of, text[start:end]) if s)
-            if scripts:
-                script = scripts.most_common(1)[0][0]
-                tokens[script] += 1
-                unknown[script] += int(unk_id is not None and token_id == unk_id)
-    return [ScriptCost(s, characters[s], tokens[s], unknown[s]) for s, _ in characters.most_common()]
-
-
+# -- tokens per character, by script (the measuring lives in tunelab.data.tokenizer_fit) -------------------
 def data_texts(path: str | Path, columns: list[str] | None = None, encoding: str = "auto") -> list[str]:
     """The text cells of a data file (the named columns, else every text column), first MAX_DATA_ROWS rows."""
     from tunelab.data.readers import read_table

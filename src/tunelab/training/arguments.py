@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from transformers import TrainingArguments
@@ -16,7 +17,7 @@ from tunelab.training.rundir import RunDir
 def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task: Task,
                        n_train: int, has_eval: bool) -> TrainingArguments:
     t = config.train
-    world = max(torch.cuda.device_count(), 1) if hardware.is_cuda else 1
+    world = data_parallel_size(hardware)
     steps_per_epoch = math.ceil(n_train / (t.batch_size * t.gradient_accumulation_steps * world))
     total_steps = t.max_steps or math.ceil(steps_per_epoch * t.epochs)
     if t.use_liger_kernel and not hardware.is_cuda:
@@ -24,6 +25,7 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
     use_liger = t.use_liger_kernel if t.use_liger_kernel is not None else (hardware.is_cuda and _installed("liger_kernel"))
     strategy, eval_every, save_every = _schedule(t.eval_steps, t.save_steps, has_eval, total_steps)
     metric, greater = task.metric_for_best_model()
+    report_to = experiment_tracking(t.report_to, run)
     return TrainingArguments(
         output_dir=str(run.checkpoints),
         num_train_epochs=t.epochs or 1,
@@ -52,13 +54,23 @@ def training_arguments(config: RunConfig, run: RunDir, hardware: Hardware, task:
         load_best_model_at_end=has_eval,
         metric_for_best_model=metric if has_eval else None,
         greater_is_better=greater if has_eval else None,
-        report_to="none",
+        report_to=report_to,
+        run_name=run.path.name,
         seed=t.seed,
         data_seed=t.seed,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+def data_parallel_size(hardware: Hardware) -> int:
+    """Processes (or GPUs) that each take a batch per step: WORLD_SIZE under torchrun / accelerate launch (one
+    process per device, any number of machines), else every visible GPU of one process (DataParallel)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        return world
+    return max(torch.cuda.device_count(), 1) if hardware.is_cuda else 1
 
 
 EVALS_PER_RUN = 4
@@ -89,6 +101,34 @@ def _schedule(eval_steps: int | None, save_steps: int | None, has_eval: bool,
                         f"the best checkpoint is chosen among evaluated steps, so every save needs an evaluation. "
                         f"Use e.g. {options}, or eval_steps: {save_every}")
     return "steps", eval_every, save_every
+
+
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"),
+            "trackio": ("trackio", "trackio")}
+"""train.report_to value -> (module that must import, pip package that provides it)."""
+
+
+def experiment_tracking(report_to: str, run: RunDir) -> str:
+    """The Trainer's `report_to` for train.report_to, its files pointed into the run dir; a UserError when the
+    tracker's package is not installed."""
+    import os
+
+    if report_to == "none":
+        return "none"
+    module, package = TRACKERS[report_to]
+    if not _installed(module) and not (report_to == "tensorboard" and _installed("tensorboardX")):
+        raise UserError(f"train.report_to: {report_to} needs the `{package}` package, which is not installed: "
+                        f"pip install {package} (or set train.report_to: none)")
+    if report_to == "tensorboard":
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str((run.path / "tensorboard").resolve())
+    elif report_to == "mlflow":
+        given = os.environ.get("MLFLOW_TRACKING_URI")
+        if given is None or given == _SET_BY_US.get("mlflow"):  # the user's own tracking server wins
+            os.environ["MLFLOW_TRACKING_URI"] = _SET_BY_US["mlflow"] = (run.path / "mlruns").resolve().as_uri()
+    return report_to
+
+
+_SET_BY_US: dict[str, str] = {}
 
 
 def _installed(module: str) -> bool:

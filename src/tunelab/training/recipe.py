@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 from tunelab.config import RunConfig, load_config, save_config
 from tunelab.data.pipeline import load_splits
 from tunelab.errors import UserError
-from tunelab.io import atomic_path, atomic_write_json, disk_full
+from tunelab.io import atomic_write_json, disk_full
+from tunelab.io.atomic import replace_path
 from tunelab.models import apply_lora, detect_hardware, load_model, load_tokenizer, trainable_summary
 from tunelab.models.loading import check_head, classification_pooling, predict_dtype
 from tunelab.tasks import get_task
@@ -45,7 +46,12 @@ class RunResult:
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    """Global rank 0 (the process that writes the run dir), known before any process group exists: torchrun and
+    accelerate launch set RANK; an MPI launcher (accelerate's multi-CPU mode) sets its own variable."""
+    for name in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK"):
+        if os.environ.get(name, "").strip().isdigit():
+            return int(os.environ[name]) == 0
+    return True
 
 
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
@@ -60,7 +66,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
     log = ConsoleLog(run.train_log, append=resume) if main else None
     if log and not resume:
         log.start()  # a resume starts its log once it knows there is something to do (`_run`)
-    echo = log.tee(echo) if log else echo
+    echo = log.tee(echo) if log else echo if main else _silent  # under torchrun: one copy of each line (rank 0)
     stopper = StopOnSignal()
     try:
         with stopper.installed():
@@ -78,6 +84,10 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False,
         if log:
             log.close()
         run.release()
+
+
+def _silent(*args, **kwargs) -> None:
+    """`echo` of the processes other than the main one."""
 
 
 def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], None], stopper: StopOnSignal,
@@ -106,6 +116,8 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
         for line in report.lines():
             echo(line)
     echo(f"split: {len(splits.train)} train / {len(splits.eval)} eval rows")
+    from tunelab.data.tokenizer_fit import warn_on_tokenizer_fit  # > ~2 tokens per letter: name a better model
+    warn_on_tokenizer_fit(tokenizer, splits.train, config.model.name_or_path, echo)
     held_out = {"source": config.data.eval_path or config.data.train_path, "rows": splits.eval_rows()}
     if resume and run.read_eval_rows() not in (None, held_out):
         raise UserError(f"--resume: the held-out rows of {held_out['source']} differ from the ones this run started "
@@ -119,7 +131,8 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
         raise UserError(f"{config.data.train_path}: no trainable examples (all answers truncated away at "
                         f"max_length={max_length}?)")
     # What the run predicts in is decided now and saved with it, so predictions reproduce the eval metrics.
-    config.model.predict_dtype = str(predict_dtype(config.model, hardware)).removeprefix("torch.")
+    config.model.predict_dtype = str(predict_dtype(config.model, hardware, isinstance(task, GenerativeTask))
+                                     ).removeprefix("torch.")
     if task.head == "sequence_classification":
         config.model.pooling = classification_pooling(config.model)
     if is_main_process():
@@ -159,6 +172,7 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
         callbacks.append(LearningWatch(echo, len(task.classes), LIKELY_CAUSES))
     trainer = make_trainer(config, task, model, tokenizer, args, train_examples, eval_examples, callbacks)
     stopper.trainer = trainer
+    trainer.notice = echo
     if trainer.cpu_threads is not None:
         echo(f"cpu threads: {trainer.cpu_threads}   float32 matmul precision: {config.model.matmul_precision}")
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a compact line instead
@@ -189,10 +203,7 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
             metrics["eval_perplexity"] = math.exp(min(after["eval_loss"], 50))
 
     # 6. Final model, task metrics from real predictions, metrics.json, plots.
-    if is_main_process():
-        with atomic_path(run.final, is_dir=True) as tmp:
-            trainer.save_model(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
+    _save_final(trainer, tokenizer, run)
     predictions, scores, note = None, {}, None
     if isinstance(task, ProbabilisticTask):
         # The task's review: calibration on the held-out rows (kept in its state), the classical baseline
@@ -209,9 +220,10 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
         model.eval()
         scores, predictions = evaluate_rows(task, trainer.model, tokenizer, splits.eval)
         metrics.update(scores)
-        if predictions is None and isinstance(task, GenerativeTask) and is_main_process():
+        if predictions is None and isinstance(task, GenerativeTask):
             # Nothing generated (e.g. sft's eval_max_rows: 0): each held-out row's loss is still the final
-            # model's per-row result, and shows which answers it learned worst.
+            # model's per-row result, and shows which answers it learned worst. In every process (under FSDP
+            # each forward gathers weights from all ranks); only the main process writes them.
             predictions = row_losses(trainer, task, splits.eval, tokenizer, max_length)
             note = "each row's loss; set task.eval_max_rows to generate answers and score them"
     if predictions is not None and is_main_process():
@@ -267,6 +279,21 @@ def make_trainer(config: RunConfig, task, model, tokenizer, args, train_examples
         processing_class=tokenizer, compute_metrics=task.trainer_metrics(), callbacks=list(callbacks),
         matmul_precision=config.model.matmul_precision, cpu_threads=config.train.cpu_threads,
         head_logits=getattr(task, "head_logits", None), label_smoothing=config.train.label_smoothing)
+
+
+def _save_final(trainer, tokenizer, run: RunDir) -> None:
+    """final/: every process calls save_model (FSDP and DeepSpeed ZeRO-3 gather the weights collectively); the
+    main process writes it into a staging folder and renames it into place whole."""
+    staging = run.path / ".saving-final"  # a tunelab leftover name (rundir), so a crash here stays recoverable
+    main = is_main_process()
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    if main:
+        tokenizer.save_pretrained(str(staging))
+        replace_path(staging, run.final)
+    trainer.accelerator.wait_for_everyone()
 
 
 # -- section 1 helpers: resuming, failures ----------------------------------------------------------------

@@ -42,7 +42,7 @@ _REPLACED = ".tunelab-replaced-"
 RUN_ENTRIES = frozenset({
     MARKER, "config.yaml", "task_state.json", "eval_rows.json", "data_report.json", "history.jsonl", "metrics.json",
     "eval_predictions.jsonl", "plots", "checkpoints", "final", "test_answers.json", "quickstart_samples.csv",
-    "baseline.npz", "eval", "train.log",
+    "baseline.npz", "eval", "train.log", "tensorboard", "mlruns",  # the last two: train.report_to
 })
 _LOCKS: dict[str, int] = {}  # absolute run folder -> the fd holding its lock
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -84,11 +84,11 @@ class RunDir:
     def prepare(cls, path: str | Path, resume: bool, overwrite: bool, main: bool = True,
                 echo=lambda line: None) -> "RunDir":
         """The folder for a run (see the module's safety rules). `main`: only the main process of a
-        multi-process run checks and moves anything; the others use the folder it prepares."""
+        multi-process run checks, creates and moves anything; the others use the folder it prepares (creating
+        it here too would race with its checks: "exists" between its test and its mkdir)."""
         run = cls(Path(path))
         try:
             if not main:
-                run.path.mkdir(parents=True, exist_ok=True)
                 return run
             if run.path.exists() and not run.path.is_dir():
                 raise UserError(f"--output-dir {run.path} is a file, not a folder; choose a folder for the run")

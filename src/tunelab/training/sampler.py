@@ -1,7 +1,11 @@
 """Length-bucketed batch order: batches of similar length, so dynamic padding pads little.
 
-Deterministic by (seed, epoch), so checkpoint resume replays the same order; it is a plain index
-sampler, so accelerate shards it under DDP like any other (measured gains: bench/README.md).
+Deterministic by (seed, epoch), so checkpoint resume replays the same order (measured gains: bench/README.md).
+One process: a plain index sampler. Several (torchrun / accelerate launch): `ShardedBuckets` cuts each bucket
+(one global batch) into one part per process, so in each step the ranks train on rows of similar length,
+N processes at batch B train on exactly the rows one process sees at batch N*B, and in one epoch every
+example is seen exactly once across the ranks (accelerate's own sharding of a plain sampler would top the
+last step up with repeated rows).
 """
 from __future__ import annotations
 
@@ -54,6 +58,46 @@ class LengthBucketSampler(torch.utils.data.Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         for batch in self.batches():
             yield from batch
+
+
+class ShardedBuckets(torch.utils.data.Sampler[list[int]]):
+    """Per-device batches for `num_processes` processes, in the order accelerate deals a batch sampler's batches
+    out (round-robin: batch i goes to rank i % num_processes): each bucket of `buckets` is cut into
+    `num_processes` contiguous parts of near-equal size. The last bucket, if it has fewer rows than processes,
+    joins the one before it (each rank still gets a row; the step is a little larger). Parts may differ in
+    size by one row: the loss is normalised by the token count over all ranks, so the gradient is the same.
+    Only a data set smaller than the process count repeats rows (every rank needs one)."""
+
+    def __init__(self, buckets: LengthBucketSampler, num_processes: int):
+        if num_processes < 1:
+            raise ValueError("num_processes must be >= 1")
+        self.sampler = buckets  # accelerate's DataLoaderShard.set_epoch reaches the epoch through `.sampler`
+        self.num_processes = num_processes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def global_batches(self) -> list[list[int]]:
+        batches = self.sampler.batches()
+        if len(batches) > 1 and len(batches[-1]) < self.num_processes:
+            tail = batches.pop()
+            batches[-1] = batches[-1] + tail
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n = self.num_processes
+        for batch in self.global_batches():
+            if len(batch) < n:  # fewer rows in the whole data set than processes
+                batch = (batch * n)[:n]
+            size, extra = divmod(len(batch), n)
+            start = 0
+            for rank in range(n):
+                end = start + size + (1 if rank < extra else 0)
+                yield batch[start:end]
+                start = end
+
+    def __len__(self) -> int:
+        return len(self.global_batches()) * self.num_processes
 
 
 def example_lengths(dataset, key: str = "input_ids") -> list[int] | None:

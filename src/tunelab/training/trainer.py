@@ -14,7 +14,13 @@ Three changes, each measured to pay on CPU (bench/README.md; GPU not yet measure
 - batches over a padded-token budget run as exact micro-batches (`microbatch.split_by_token_budget`),
   so the longest bucket does not set peak memory.
 Anything else (custom `compute_loss_func`, label smoothing, Liger, metrics that need logits)
-takes transformers' plain path.
+takes transformers' plain path, and so do micro-batches under DeepSpeed, FSDP and context parallelism
+(`micro_batches_off`, said in one line).
+
+Several processes (torchrun / accelerate launch, README "Scaling out"): each length bucket is one global
+batch cut into one part per rank (`sampler.ShardedBuckets`), so N processes at batch B train on the rows one
+process trains on at batch N*B, every example once per epoch; the eval loss is each batch's own token mean
+(not normalised by the count over ranks, which would weigh ranks by their token counts).
 
 The process-wide torch settings a run depends on (CPU threads, float32 matmul precision) are explicit
 arguments, applied only while `train`/`evaluate`/`predict` run and restored afterwards.
@@ -53,7 +59,7 @@ from tunelab.training.losses import (
 )
 from tunelab.training.microbatch import split_by_token_budget
 from tunelab.training.rundir import checkpoint_problem, checkpoint_step
-from tunelab.training.sampler import LengthBucketSampler, example_lengths
+from tunelab.training.sampler import LengthBucketSampler, ShardedBuckets, example_lengths
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,9 @@ class TunelabTrainer(Trainer):
         self._resumed_fused: bool | None = None  # the decision read back from the checkpoint resumed from
         self.token_budget = token_budget
         self._loss_only_prediction = False
+        self._predicting = False  # inside prediction_step (evaluation / predict)
+        self._plain_path_said: set[str] = set()  # reasons `micro_batches_off` has said
+        self.notice: Callable[[str], None] = log.warning  # one-line notices; the recipe prints them (main process)
         self._staging = False  # True while the Trainer writes a checkpoint: it goes under STAGING
         self._carried_loss: tuple[float, int] | None = None  # (loss sum, steps) before the resumed checkpoint
         self.stop_reason: str | None = None  # set by a signal (callbacks.StopOnSignal): stop, keep the checkpoint
@@ -132,12 +141,36 @@ class TunelabTrainer(Trainer):
         staging = Path(self.args.output_dir or ".") / STAGING
         if self.args.should_save and staging.is_dir():  # checkpoints a killed run was writing: never complete
             shutil.rmtree(staging, ignore_errors=True)
+        self._unmark_evaluation_prepared()
+        self._say_engines_not_run()
         with self._torch_settings():
             output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self._carried_loss is not None:
             whole = self._whole_run_loss(output.training_loss)
             output = TrainOutput(output.global_step, whole, {**output.metrics, "train_loss": whole})
         return output
+
+    def _say_engines_not_run(self) -> None:
+        """accelerate enables FSDP and DeepSpeed only on accelerators: on CPU an FSDP/DeepSpeed accelerate config
+        silently runs as plain DDP (gloo). Say so, once, rather than let the run look sharded."""
+        for env, name, enabled in (("ACCELERATE_USE_FSDP", "FSDP", self.is_fsdp_enabled),
+                                   ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed", self.is_deepspeed_enabled)):
+            said = f"{name} not run"
+            if os.environ.get(env, "").lower() == "true" and not enabled and said not in self._plain_path_said:
+                self._plain_path_said.add(said)
+                self.notice(f"the accelerate config asks for {name}, which accelerate runs only on GPUs: this run "
+                            f"is plain data parallel on {self.args.device.type} ({self.args.world_size} processes)")
+
+    def _unmark_evaluation_prepared(self) -> None:
+        """An evaluation before training (the recipe's "eval loss before training") prepares the bare model with
+        accelerate's `evaluation_mode`, which marks it prepared without wrapping it in DDP; `train` would then
+        skip the DDP wrapper, and each process would step on its own gradients (no all-reduce). Clear the mark
+        so training wraps it. FSDP and DeepSpeed prepare (wrap) the model for evaluation too: not affected."""
+        model = self.model
+        if (self.args.world_size > 1 and self.model_wrapped is model and not self.is_deepspeed_enabled
+                and not self.is_fsdp_enabled and getattr(model, "_is_accelerate_prepared", False)):
+            del model._is_accelerate_prepared
+            self.accelerator._models = [m for m in self.accelerator._models if m is not model]
 
     def predict(self, *args, **kwargs):
         with self._torch_settings():
@@ -171,12 +204,16 @@ class TunelabTrainer(Trainer):
 
     def _complete_checkpoint(self, run_dir: Path, staging: Path, name: str) -> None:
         self.accelerator.wait_for_everyone()  # every process has written its part
-        if not self.args.should_save:
-            return
-        final = run_dir / name
         best = self.state.best_model_checkpoint
         if best is not None and Path(best).parent.name == STAGING:  # the Trainer recorded the staging path
+            # In every process: each one loads the best model at the end, from where the checkpoint ends up.
             self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+        if self.args.should_save:
+            self._publish_checkpoint(run_dir, staging, name)
+        self.accelerator.wait_for_everyone()  # no process reads the checkpoint before it is in place
+
+    def _publish_checkpoint(self, run_dir: Path, staging: Path, name: str) -> None:
+        final = run_dir / name
         self.state.save_to_json(str(staging / "trainer_state.json"))
         seen = self._total_loss_scalar + float(self._tr_loss.item()) if hasattr(self, "_tr_loss") else 0.0
         carried_sum, carried_steps = self._carried_loss or (0.0, 0)
@@ -269,8 +306,50 @@ class TunelabTrainer(Trainer):
             lengths = example_lengths(dataset)
             if lengths is not None:
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-                return LengthBucketSampler(lengths, self._train_batch_size, seed=seed)
+                return LengthBucketSampler(lengths, self._bucket_size(), seed=seed)
         return super()._get_train_sampler(train_dataset)
+
+    def get_train_dataloader(self):
+        """Several processes with length buckets: each rank's batches come from `ShardedBuckets` (each bucket cut
+        into one part per rank, every example once per epoch); everything else as transformers builds it."""
+        config = getattr(self.args, "accelerator_config", None)
+        if (self.args.world_size <= 1 or self.args.dataloader_drop_last or getattr(config, "split_batches", False)
+                or getattr(config, "dispatch_batches", False)):
+            return super().get_train_dataloader()
+        sampler = self._get_train_sampler()
+        if not isinstance(sampler, LengthBucketSampler):
+            return super().get_train_dataloader()
+        from functools import partial
+
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import seed_worker
+
+        args = self.args
+        collator = self._get_collator_with_removed_columns(self.data_collator, description="Training")
+        params = {"num_workers": args.dataloader_num_workers, "pin_memory": args.dataloader_pin_memory,
+                  "persistent_workers": args.dataloader_persistent_workers,
+                  "worker_init_fn": partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index)}
+        if args.dataloader_num_workers > 0:
+            params.update(prefetch_factor=args.dataloader_prefetch_factor,
+                          multiprocessing_context=args.dataloader_multiprocessing_context)
+        # accelerate deals the batch sampler's batches round-robin (batch i to rank i % N): rank r gets part r.
+        loader = self.accelerator.prepare(DataLoader(self.train_dataset, batch_sampler=ShardedBuckets(
+            sampler, args.world_size), collate_fn=collator, **params))
+        shard = getattr(loader, "batch_sampler", None)
+        if shard is not None and not hasattr(shard, "sampler"):
+            # So that DataLoaderShard.set_epoch reaches the buckets through skip_first_batches too (a resume
+            # in the middle of a later epoch replays that epoch's order, not the first one's).
+            shard.sampler = sampler
+        return loader
+
+    def _bucket_size(self) -> int:
+        """Rows per bucket: one micro-step's batch over all processes (`get_train_dataloader` cuts it into one
+        part per rank), so N processes at batch B train on exactly the rows one process sees at batch N*B.
+        `split_batches`: the DataLoader's batch is already the global one."""
+        config = getattr(self.args, "accelerator_config", None)
+        if getattr(config, "split_batches", False):
+            return self._train_batch_size
+        return self._train_batch_size * max(self.args.world_size, 1)
 
     # -- memory: micro-batches under a token budget ------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -289,22 +368,58 @@ class TunelabTrainer(Trainer):
 
     def _micro_batches(self, model, inputs, num_items_in_batch):
         """Row chunks of a too-large batch, or None. Only where each chunk's loss is sum / global count,
-        so the chunk losses (and gradients) add up exactly to the whole batch's."""
-        if (not self.token_budget or num_items_in_batch is None or not self.model_accepts_loss_kwargs
+        so the chunk losses (and gradients) add up exactly to the whole batch's, and only where several
+        forward/backward passes inside one step are safe (`micro_batches_off`)."""
+        if not self.token_budget or self.micro_batches_off(inputs) is not None:
+            return None
+        if (num_items_in_batch is None or not self.model_accepts_loss_kwargs
                 or not self._use_selective_logits(model.train(), inputs)):
             return None
         if inputs["input_ids"].numel() <= self.token_budget or inputs["input_ids"].shape[0] < 2:
             return None
         return split_by_token_budget(inputs, self.token_budget)
 
+    def micro_batches_off(self, inputs: dict | None = None) -> str | None:
+        """Why token-budget micro-batches must not run here (None: they may); each reason is logged once.
+        - DeepSpeed: its engine steps the optimizer on every backward made while `sync_gradients` is set, so
+          each chunk of a step's last batch would take an optimizer step;
+        - FSDP (and DeepSpeed ZeRO-3): every forward gathers the sharded weights collectively, and ranks whose
+          batches split into different numbers of chunks would make different numbers of gathers (a hang);
+        - context/sequence parallelism, or a batch that brings `shift_labels`: the sequence is split across
+          ranks and the labels come pre-shifted; row chunks would cut what that plan expects whole."""
+        parallel = getattr(self.accelerator, "parallelism_config", None)
+        if self.is_deepspeed_enabled:
+            reason = "DeepSpeed (its engine steps on every synchronised backward)"
+        elif self.is_fsdp_enabled or _fsdp_managed(self.model):
+            reason = "FSDP (ranks could split into different numbers of chunks and desynchronise their gathers)"
+        elif parallel is not None and (getattr(parallel, "cp_enabled", False) or getattr(parallel, "sp_enabled", False)):
+            reason = "context/sequence parallelism (the sequence is sharded across ranks)"
+        elif inputs is not None and "shift_labels" in inputs:
+            reason = "a batch with shift_labels (pre-shifted labels, as context parallelism brings)"
+        else:
+            return None
+        if reason not in self._plain_path_said:
+            self._plain_path_said.add(reason)
+            self.notice(f"token-budget micro-batches off under {reason}: each batch runs as one forward/backward")
+        return reason
+
     # -- loss -----------------------------------------------------------------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Only a loss-only evaluation may skip logits; compute_metrics/predict need the full ones.
         self._loss_only_prediction = prediction_loss_only
+        self._predicting = True
         try:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         finally:
-            self._loss_only_prediction = False
+            self._loss_only_prediction = self._predicting = False
+
+    def _get_num_items_in_batch(self, *args, **kwargs):
+        # Evaluation: each batch's loss is its own token mean. Normalised by the label count gathered over all
+        # ranks (and rescaled by the process count, as for training), a rank whose batch holds more tokens would
+        # weigh more in the eval loss the Trainer averages over rows (transformers does that under DDP).
+        if self._predicting:
+            return None
+        return super()._get_num_items_in_batch(*args, **kwargs)
 
     def _use_selective_logits(self, model, inputs) -> bool:
         labels = inputs.get("labels")
@@ -316,6 +431,7 @@ class TunelabTrainer(Trainer):
             and self.label_smoother is None
             and not self.args.use_liger_kernel  # Liger fuses head + loss itself
             and torch.is_tensor(labels) and labels.dim() == 2
+            and "shift_labels" not in inputs  # pre-shifted labels (context parallelism): transformers' own loss
             and "input_ids" in inputs and inputs["input_ids"].shape == labels.shape
             and (model.training or self._loss_only_prediction)
         )
@@ -413,6 +529,16 @@ def _last_complete(folder: Path) -> Path | None:
     complete = sorted((checkpoint_step(p), p) for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
                       if p.is_dir() and checkpoint_problem(p) is None)
     return complete[-1][1] if complete else None
+
+
+def _fsdp_managed(model) -> bool:
+    """A model sharded by FSDP at load time (transformers' distributed loading), which accelerate did not wrap."""
+    try:
+        from transformers.distributed.fsdp import is_fsdp_managed_module
+
+        return bool(is_fsdp_managed_module(model))
+    except Exception:  # noqa: BLE001 - an older transformers or no torch.distributed: not FSDP-managed
+        return False
 
 
 def _sized(dataset) -> bool:
