@@ -46,6 +46,9 @@ def test_bucketed_prefill_generates_what_one_padded_batch_generates(tiny_llama, 
     engine.bucketed_prefill = True
     bucketed = engine.generate(prompts)
     assert bucketed == plain and all(bucketed)
+    static = prefill_by_length(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=6)
+    assert type(static).__name__ == "StaticCache" and static.layers[0].keys.shape[2] == enc["input_ids"].shape[1] - 1 + 6
+    assert int(static.get_seq_length()) == enc["input_ids"].shape[1] - 1
     # The cached keys equal the one-batch prefill's at every real position.
     with torch.inference_mode():
         ids, mask = enc["input_ids"][:, :-1], enc["attention_mask"][:, :-1]
