@@ -42,18 +42,32 @@ def test_probe_starts_the_head_where_logistic_regression_ends(shared_data):
     assert not torch.equal(weights_before, classification_head(model, len(task.classes)).weight)
 
 
-def test_probe_leaves_a_per_position_decoder_head_alone(tiny_llama):
+def test_a_decoder_head_is_probed_at_the_last_real_token(tiny_llama, smollm_tokenizer):
+    """A decoder's `score` sees every position and transformers reads the logits at the last non-pad token: the
+    probe must fit exactly those states, so the model's own predictions reproduce the probe's train accuracy."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=2)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=3)
+    pad = model.config.pad_token_id
+    assert pad is not None and model.score.bias is None
+    rng = np.random.default_rng(0)
+    examples = [{"input_ids": rng.integers(10, 5000, size=int(rng.integers(3, 12))).tolist(), "labels": i % 3}
+                for i in range(24)]
+
+    def collate(rows):  # right padding with the pad id, as tunelab's classification collator does
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in rows])
+        return {"input_ids": ids, "attention_mask": ids.ne(pad).long()}
+
     before = model.score.weight.detach().clone()
-    examples = [{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": i % 2} for i in range(4)]
-
-    def collate(rows):
-        return {k: torch.tensor([r[k] for r in rows]) for k in ("input_ids", "attention_mask")}
-
-    assert probe_head(model, examples, collate, 2) is None
-    assert torch.equal(before, model.score.weight)
+    probed = probe_head(model, examples, collate, 3)
+    assert probed is not None and not torch.equal(before, model.score.weight)
+    with torch.no_grad():
+        predicted = model(**collate(examples)).logits.argmax(-1).numpy()
+    accuracy = float((predicted == np.array([e["labels"] for e in examples])).mean())
+    assert probed["probe_train_accuracy"] > 0.6  # 32-dim random features still separate 24 rows fairly well
+    assert accuracy == pytest.approx(probed["probe_train_accuracy"])
 
 
 def test_head_init_is_a_validated_option():

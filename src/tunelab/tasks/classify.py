@@ -57,7 +57,8 @@ class ClassifyConfig(TaskConfig):
     and apply it to every prediction of the run."""
     head_init: Literal["probe", "random"] = "probe"
     """`probe`: before fine-tuning, fit the fresh head as a logistic regression on the backbone's frozen pooled
-    features (LP-FT; pooled heads only, a decoder's last-token head stays random); `random`: transformers' init."""
+    features (LP-FT; for a decoder LLM, its state at the last real token, where its head reads); `random`:
+    transformers' init."""
     baseline: bool = True
     """Fit a TF-IDF + logistic regression baseline on the same training rows and report it beside the model
     (`baseline_*` in metrics.json; saved as baseline.npz for `tunelab ensemble RUN baseline:RUN`)."""

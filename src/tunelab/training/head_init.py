@@ -8,7 +8,6 @@ within a point of the fine-tuned model, so fine-tuning starts close to where it 
 """
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
@@ -16,7 +15,6 @@ import torch
 
 from tunelab.models.forward import own_forward
 
-log = logging.getLogger(__name__)
 
 HEAD_NAMES = ("classifier", "score")
 """Where transformers keeps the final linear layer of a sequence-classification model (encoders, decoders)."""
@@ -33,7 +31,8 @@ def classification_head(model, num_labels: int) -> torch.nn.Linear | None:
 
 @torch.inference_mode()
 def head_features(model, head: torch.nn.Module, examples: list[dict], collate, batch_size: int = 64) -> np.ndarray:
-    """What `head` receives for each example (the pooled representation), in the examples' order."""
+    """What `head` receives for each example (the pooled representation; a decoder's last-token state), in the
+    examples' order."""
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().float().cpu()))
     device = next(model.parameters()).device
@@ -44,11 +43,10 @@ def head_features(model, head: torch.nn.Module, examples: list[dict], collate, b
         with own_forward(model):
             for start in range(0, len(order), batch_size):
                 rows = [{k: v for k, v in examples[i].items() if k != "labels"} for i in order[start:start + batch_size]]
-                model(**{k: v.to(device) for k, v in collate(rows).items()})
-                # A decoder's head sees every position (transformers pools the last real token after it): known
-                # after one batch, so the rest is not run for nothing.
-                if captured and captured[0].ndim == 3:
-                    raise ValueError("per-position head inputs: linear probing supports pooled heads only")
+                batch = {k: v.to(device) for k, v in collate(rows).items()}
+                model(**batch)
+                if captured[-1].ndim == 3:  # a decoder's head sees every position; transformers pools after it
+                    captured[-1] = _last_token_states(captured[-1], batch["input_ids"].cpu(), model.config.pad_token_id)
     finally:
         hook.remove()
         model.train(was_training)
@@ -56,6 +54,17 @@ def head_features(model, head: torch.nn.Module, examples: list[dict], collate, b
     out = np.empty_like(features)
     out[order] = features
     return out
+
+
+def _last_token_states(states: torch.Tensor, input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
+    """The state at each row's last non-pad token: the position transformers' *ForSequenceClassification
+    decoders read their logits from (the same rule: the rightmost token that is not the pad id)."""
+    if pad_token_id is None:
+        last = torch.full((states.shape[0],), states.shape[1] - 1)
+    else:
+        positions = torch.arange(input_ids.shape[1])
+        last = (positions * input_ids.ne(pad_token_id).int()).argmax(-1)
+    return states[torch.arange(states.shape[0]), last]
 
 
 def probe_head(model, examples: list[dict], collate, num_labels: int, c: float = 1.0,
@@ -72,11 +81,7 @@ def probe_head(model, examples: list[dict], collate, num_labels: int, c: float =
         rng = np.random.default_rng(seed)
         labelled = [labelled[i] for i in sorted(rng.choice(len(labelled), max_rows, replace=False))]
     started = time.perf_counter()
-    try:
-        features = head_features(model, head, labelled, collate)
-    except ValueError as exc:
-        log.info("head not probed: %s", exc)
-        return None
+    features = head_features(model, head, labelled, collate)
     labels = np.array([e["labels"] for e in labelled])
     if len(np.unique(labels)) < 2:
         return None
