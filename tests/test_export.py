@@ -41,7 +41,7 @@ def test_merged_export_of_a_lora_run_gives_the_runs_logits_in_plain_transformers
     assert not (target / "adapter_config.json").exists() and (target / "config.json").exists()
     plain = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(target)
-    run = tunelab.load(lora_sft_run)
+    run = tunelab.load(lora_sft_run, dtype="float32")  # the export is fp32, whatever the run predicts in
     expected = _logits(run.model, run.tokenizer)
     assert torch.allclose(_logits(plain, tokenizer), expected, atol=1e-4, rtol=0)
     base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
@@ -156,7 +156,7 @@ def test_gguf_export_of_the_packaged_smollm2_keeps_its_logits_on_real_prompts(tm
     from tunelab.api import export_gguf, load_base
 
     path = export_gguf("smollm2-135m-instruct", tmp_path / "smollm2.gguf", tensor_type="f16")
-    run = load_base("smollm2-135m-instruct")
+    run = load_base("smollm2-135m-instruct", dtype="float32")  # bf16 on a fast-bf16 CPU otherwise
     reloaded, _ = _gguf_reload(path, with_tokenizer=False)
     texts = _chat_texts(run.tokenizer)
     expected, got = _logits(run.model, run.tokenizer, texts), _logits(reloaded, run.tokenizer, texts)

@@ -110,11 +110,12 @@ def load_task(run_dir: str | Path) -> tuple[RunConfig, Task]:
 
 
 def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool = False,
-         capability: type[Task] | None = None, action: str | None = None) -> LoadedRun:
+         capability: type[Task] | None = None, action: str | None = None, dtype: str | None = None) -> LoadedRun:
     """Load a finished run (or an exported bundle) for inference: config, task state, model, tokenizer.
 
     A LoRA adapter is merged into an fp32 copy of the base, then the model is cast to the run's
-    `model.predict_dtype`. The run's own config can never turn on remote code: only `trust_remote_code`.
+    `model.predict_dtype` (or `dtype`: "float32" for exports, which must not round the merged weights).
+    The run's own config can never turn on remote code: only `trust_remote_code`.
     With `capability`, a task without it is a UserError (naming `action`) before any weights are read.
     """
     import torch
@@ -136,6 +137,8 @@ def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool
     hardware = detect_hardware(config.model)
     final_cfg = config.model.model_copy(update={"name_or_path": str(run.final)})
     tokenizer = load_tokenizer(final_cfg)
+    if dtype:
+        config.model.predict_dtype = dtype
     dtype = predict_dtype(config.model, hardware)
     if (run.final / "adapter_config.json").exists():
         from peft import PeftModel
@@ -153,7 +156,8 @@ def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool
     return LoadedRun(config=config, task=task, model=model, tokenizer=tokenizer, hardware=hardware, run_dir=run.path)
 
 
-def load_base(model: str, task: str = "sft", config: RunConfig | None = None, device: str | None = None) -> LoadedRun:
+def load_base(model: str, task: str = "sft", config: RunConfig | None = None, device: str | None = None,
+              dtype: str | None = None) -> LoadedRun:
     """An untrained model wrapped like a run: for before/after comparisons and plain chat."""
     from tunelab.models import detect_hardware, load_model, load_tokenizer
     from tunelab.models.loading import predict_dtype
@@ -161,6 +165,8 @@ def load_base(model: str, task: str = "sft", config: RunConfig | None = None, de
     config = config or build_config({"task": task, "model": {"name_or_path": model}})
     if device:
         config.model.device = device
+    if dtype:
+        config.model.predict_dtype = dtype
     task_obj = get_task(config.task.name)(config)
     hardware = detect_hardware(config.model)
     tokenizer = load_tokenizer(config.model)
@@ -171,11 +177,12 @@ def load_base(model: str, task: str = "sft", config: RunConfig | None = None, de
 
 
 def load_target(target: str | Path, device: str | None = None, trust_remote_code: bool = False,
-                capability: type[Task] | None = None, action: str | None = None) -> LoadedRun:
+                capability: type[Task] | None = None, action: str | None = None, dtype: str | None = None) -> LoadedRun:
     """A run directory (it holds config.yaml) or else a model alias/folder, untrained."""
     if (Path(target) / "config.yaml").exists():
-        return load(target, device=device, trust_remote_code=trust_remote_code, capability=capability, action=action)
-    return load_base(str(target), device=device)
+        return load(target, device=device, trust_remote_code=trust_remote_code, capability=capability, action=action,
+                    dtype=dtype)
+    return load_base(str(target), device=device, dtype=dtype)
 
 
 def held_out_rows(run: LoadedRun | str | Path) -> pd.DataFrame:
@@ -308,9 +315,12 @@ def export_bundle(run_dir: str | Path, target: str | Path, overwrite: bool = Fal
 
     target = Path(target)
     _check_bundle_target(Path(run_dir), target, overwrite)
-    run = load(run_dir, trust_remote_code=trust_remote_code)  # adapters are merged into the base weights on load
+    # Adapters are merged into the base weights on load; saved in full precision, predicted in the run's dtype.
+    predicts_in = load_task(run_dir)[0].model.predict_dtype
+    run = load(run_dir, trust_remote_code=trust_remote_code, dtype="float32")
     source = RunDir(Path(run_dir))
     config = run.config.model_copy(deep=True)
+    config.model.predict_dtype = predicts_in
     config.lora.enabled = False  # the weights in final/ already include the adapter
     with atomic_path(target, is_dir=True) as tmp:
         bundle = RunDir(tmp)
@@ -475,7 +485,7 @@ def export_merged(run_dir: str | Path, target: str | Path, overwrite: bool = Fal
 
     source, target = Path(run_dir), Path(target)
     check_export_folder(target, source, overwrite)
-    run = load(source, device="cpu", trust_remote_code=trust_remote_code)  # fp32 merge on the CPU
+    run = load(source, device="cpu", trust_remote_code=trust_remote_code, dtype="float32")  # fp32 merge on the CPU
     differences = _merged_differences(run)
     model_class = HEAD_CLASSES[run.task.head]
     labels = ""
@@ -533,6 +543,6 @@ def export_gguf(target_run: str | Path, path: str | Path, tensor_type: str = "f1
     is_run = (run_dir / "config.yaml").exists()
     check_output_file(path, overwrite, option="--gguf", protected=[run_dir / n for n in ("final", "checkpoints")] if is_run else ())
     run = load_target(target_run, device="cpu", trust_remote_code=trust_remote_code, capability=GenerativeTask,
-                      action="GGUF export")
+                      action="GGUF export", dtype="float32")  # tensors are cast from full precision
     name = run_dir.name if is_run else str(target_run)
     return write_gguf(run.model, run.tokenizer, path, tensor_type, name=name)
