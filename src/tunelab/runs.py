@@ -23,7 +23,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -267,21 +267,26 @@ def curves(history: list[dict]) -> dict[str, list[list[float]]]:
     return {k: v for k, v in out.items() if v}
 
 
+def _jsonl_records(path: Path) -> Iterator[dict]:
+    """The JSON objects of a .jsonl file, read lazily; torn or foreign lines are skipped. OSError propagates."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
 def read_jsonl_sample(path: Path, rows: int = 10, max_chars: int = 400) -> list[dict]:
     out = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if len(out) >= rows:
-                    break
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(record, dict):
-                    continue
-                out.append({k: (v[:max_chars] + "…" if isinstance(v, str) and len(v) > max_chars else v)
-                            for k, v in record.items()})
+        for record in _jsonl_records(path):
+            if len(out) >= rows:
+                break
+            out.append({k: (v[:max_chars] + "…" if isinstance(v, str) and len(v) > max_chars else v)
+                        for k, v in record.items()})
     except OSError:
         pass
     return out
@@ -290,16 +295,8 @@ def read_jsonl_sample(path: Path, rows: int = 10, max_chars: int = 400) -> list[
 def confusion_matrix(path: Path, max_labels: int = 30) -> dict | None:
     """{labels, matrix[true][predicted]} from eval_predictions.jsonl rows with a `label` and a `prediction`; None
     when the rows have no labels (not a classifier)."""
-    pairs = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict) and "label" in record and "prediction" in record:
-                    pairs.append((str(record["label"]), str(record["prediction"])))
+        pairs = [(str(r["label"]), str(r["prediction"])) for r in _jsonl_records(path) if "label" in r and "prediction" in r]
     except OSError:
         return None
     if not pairs:

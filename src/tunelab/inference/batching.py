@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from tunelab.inference.engine import GenerationEngine, incomplete_utf8_tail
+from tunelab.inference.engine import GenerationEngine, complete_end
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,7 @@ class _Row:
 
     def finish_at_length(self) -> None:
         """Cut at max_tokens: send the rest, without the first bytes of a character that never got its last."""
-        end = len(self.tokens)
-        while end and incomplete_utf8_tail(self.tokenizer, self.tokens[:end]):
-            end -= 1
+        end = complete_end(self.tokenizer, self.tokens)
         text = self.tokenizer.decode(self.tokens[:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
         self._emit(text[self.sent:])
         self.finish("length")

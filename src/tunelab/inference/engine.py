@@ -220,10 +220,7 @@ class IncrementalDecoder:
         if self.read >= len(self.ids):
             return ""
         before = self._decode(self.ids[self.prefix:self.read])
-        end = len(self.ids)
-        while end > self.read and incomplete_utf8_tail(self.tokenizer, self.ids[self.read:end]):
-            end -= 1
-        text = self._decode(self.ids[self.prefix:end])
+        text = self._decode(self.ids[self.prefix:complete_end(self.tokenizer, self.ids, self.read)])
         self.prefix = self.read = len(self.ids)
         return text[len(before):]
 
@@ -235,9 +232,16 @@ def decode_complete(tokenizer, ids) -> str:
     special, end = set(tokenizer.all_special_ids), len(ids)
     while end and ids[end - 1] in special:
         end -= 1
-    while end and incomplete_utf8_tail(tokenizer, ids[:end]):
+    return tokenizer.decode(ids[:complete_end(tokenizer, ids[:end])], skip_special_tokens=True).strip()
+
+
+def complete_end(tokenizer, ids: list[int], start: int = 0) -> int:
+    """How many of `ids` to decode so that `ids[start:end]` does not end in the first bytes of a character whose
+    last bytes never came (a reply cut by a token limit inside a Hangul syllable)."""
+    end = len(ids)
+    while end > start and incomplete_utf8_tail(tokenizer, ids[start:end]):
         end -= 1
-    return tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
+    return end
 
 
 def _token_bytes(tokenizer, token_id: int) -> bytes | None:
