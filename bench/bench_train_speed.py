@@ -30,6 +30,7 @@ SETTINGS = {
     "plain_best": ("plain best: dynamic pad + group_by_length + matmul 'medium'", True, "plain", "dynamic", "group_by_length", False),
     "plain_best_bf16": ("plain best + bf16 autocast", True, "plain", "dynamic", "group_by_length", True),
     "tunelab": ("tunelab default (LoRA)", True, "tunelab", "dynamic", "random", False),
+    "tunelab_compiled": ("tunelab LoRA + compiled blocks (steady state)", True, "tunelab", "dynamic", "random", False),
     "full_plain_best": ("full FT, plain best", False, "plain", "dynamic", "group_by_length", False),
     "full_tunelab": ("full FT, tunelab", False, "tunelab", "dynamic", "random", False),
 }
@@ -92,12 +93,16 @@ def run_setting(name: str, args) -> dict:
 
     _, use_lora, kind, padding, sampling, bf16 = SETTINGS[name]
     tokenizer, train, evals = load_examples(args.train, args.eval, args.max_length)
-    model_cfg = ModelConfig(name_or_path=args.model, dtype="float32")
+    # Plain settings: fp32 weights (bf16 autocast where the setting says so). tunelab: its default dtype "auto",
+    # as `tunelab train` runs: bf16 autocast where bf16 is fast, and a LoRA run's frozen base stored in bf16.
+    tunelab = kind == "tunelab"
+    model_cfg = ModelConfig(name_or_path=args.model, dtype="auto" if tunelab else "float32")
     hardware = detect_hardware(model_cfg)
+    bf16 = bf16 or (tunelab and hardware.dtype == torch.bfloat16)
     # As recorded in bench/README.md: matmul 'medium' (a plain torch option) for all but the tutorial. Detection
     # no longer sets it, and TunelabTrainer keeps the process's setting unless given matmul_precision.
     torch.set_float32_matmul_precision("highest" if name == "tutorial" else "medium")
-    model = load_model(model_cfg, "causal_lm", hardware, tokenizer=tokenizer)
+    model = load_model(model_cfg, "causal_lm", hardware, tokenizer=tokenizer, frozen_base=use_lora and tunelab)
     if use_lora:
         # Same adapter everywhere (tunelab's default: r16, alpha 32, dropout 0, all linear layers), so the
         # ratios measure the training recipe, not adapter settings.
@@ -111,6 +116,9 @@ def run_setting(name: str, args) -> dict:
     )
     cls = TunelabTrainer if kind == "tunelab" else Trainer
     trainer = cls(model=model, args=targs, data_collator=collator, train_dataset=train, processing_class=tokenizer)
+    compile_s = None
+    if name.endswith("_compiled"):  # train.compile_blocks=true; compiled before the clock starts, timed apart
+        compile_s = _compile_and_warm_up(trainer, train)
     real_tokens = sum(len(e["input_ids"]) for e in train)
     start = time.perf_counter()
     trainer.train()
@@ -119,7 +127,24 @@ def run_setting(name: str, args) -> dict:
     loss = eval_loss(model, evals, tokenizer.pad_token_id)
     return {"setting": name, "description": SETTINGS[name][0], "real_tokens": real_tokens, "seconds": seconds,
             "tokens_per_s": real_tokens / seconds, "peak_rss_gb": train_rss, "eval_loss": loss,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "dtype": "bfloat16" if bf16 else "float32", "compile_s": compile_s}
+
+
+def _compile_and_warm_up(trainer, train) -> float:
+    """Compile the repeated blocks and run a forward + backward on a short and a long batch of the training rows
+    (the graph variants training meets), gradients dropped: the compile time, so the timed epoch is steady state."""
+    from tunelab.training.compile import compile_repeated_blocks
+
+    start = time.perf_counter()
+    compile_repeated_blocks(trainer.model)
+    ordered = sorted(train, key=lambda e: len(e["input_ids"]))
+    trainer.model.train()
+    for rows in (ordered[:2], ordered[-2:]):
+        batch = trainer.data_collator(rows)
+        with trainer.accelerator.autocast(), trainer.step_kernels(trainer.model, batch):
+            trainer.compute_loss(trainer.model, batch).backward()
+    trainer.model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
 
 
 def _peak_rss_gb() -> float:
@@ -132,7 +157,7 @@ def default_settings() -> list[str]:
 
     from tunelab.models.hardware import cpu_has_fast_bf16
 
-    names = ["tutorial", "plain_dynamic", "plain_best", "tunelab", "full_plain_best", "full_tunelab"]
+    names = ["tutorial", "plain_dynamic", "plain_best", "tunelab", "tunelab_compiled", "full_plain_best", "full_tunelab"]
     if torch.cuda.is_available() or cpu_has_fast_bf16():
         names.insert(3, "plain_best_bf16")  # emulated bf16 is ~40x slower than fp32 on AVX2-only CPUs
     return names
@@ -142,7 +167,8 @@ def print_table(results: list[dict]) -> None:
     by = {r["setting"]: r for r in results}
     print(f"\n{'setting':62s} {'real tok/s':>10s} {'peak RSS':>9s} {'eval loss':>9s}")
     for r in results:
-        print(f"{r['description']:62s} {r['tokens_per_s']:10.1f} {r['peak_rss_gb']:7.2f}GB {r['eval_loss']:9.4f}")
+        compiled = f"  (compile + warm-up {r['compile_s']:.0f} s, not in tok/s)" if r.get("compile_s") else ""
+        print(f"{r['description']:62s} {r['tokens_per_s']:10.1f} {r['peak_rss_gb']:7.2f}GB {r['eval_loss']:9.4f}{compiled}")
     plain = [by[n] for n in ("plain_dynamic", "plain_best", "plain_best_bf16") if n in by]
     if "tunelab" in by:
         t = by["tunelab"]["tokens_per_s"]
@@ -151,6 +177,9 @@ def print_table(results: list[dict]) -> None:
         if plain:
             best = max(plain, key=lambda r: r["tokens_per_s"])
             print(f"tunelab / best plain ({best['setting']}): {t / best['tokens_per_s']:.2f}x")
+            if "tunelab_compiled" in by:
+                print(f"tunelab compiled / best plain   : {by['tunelab_compiled']['tokens_per_s'] / best['tokens_per_s']:.2f}x"
+                      " (steady state)")
     if "full_tunelab" in by and "full_plain_best" in by:
         print(f"full FT tunelab / plain best    : "
               f"{by['full_tunelab']['tokens_per_s'] / by['full_plain_best']['tokens_per_s']:.2f}x")
@@ -172,6 +201,10 @@ def main() -> None:
     if args._one:  # child process: one setting, result as JSON on the last line
         print(json.dumps(run_setting(args._one, args)))
         return
+    from tunelab.models.hardware import cpu_flags, cpu_has_fast_bf16
+
+    print(f"CPU flags: {' '.join(cpu_flags()) or 'none of avx2/avx512/bf16/amx'}; fast bf16: {cpu_has_fast_bf16()}",
+          flush=True)
     results = []
     for name in args.only or default_settings():
         cmd = [sys.executable, __file__, "--_one", name] + sys.argv[1:]
@@ -182,7 +215,7 @@ def main() -> None:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         r = results[-1]
         print(f"{name:18s} {r['tokens_per_s']:8.1f} real tok/s  {r['seconds']:7.1f}s  RSS {r['peak_rss_gb']:.2f}GB  "
-              f"eval loss {r['eval_loss']:.4f}  {r['threads']} thread(s)", flush=True)
+              f"eval loss {r['eval_loss']:.4f}  {r['threads']} thread(s), {r['dtype']}", flush=True)
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

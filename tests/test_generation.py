@@ -59,6 +59,21 @@ def test_bucketed_prefill_generates_what_one_padded_batch_generates(tiny_llama, 
         assert layer.keys[~real].abs().max() == 0  # pad slots hold zeros (and are masked)
 
 
+def test_server_batches_prefill_by_length_with_the_same_tokens(tiny_llama, smollm_tokenizer):
+    """`generate_batch_ids` (the server's request batching) prefills by length too: the same new tokens."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    ids = [smollm_tokenizer(p, add_special_tokens=False)["input_ids"] for p in _prompts(smollm_tokenizer)]
+    engine = _engine(model, smollm_tokenizer)
+    engine.bucketed_prefill = False
+    plain = engine.generate_batch_ids(ids, max_new_tokens=6)
+    engine.bucketed_prefill = True
+    bucketed = engine.generate_batch_ids(ids, max_new_tokens=6)
+    assert plain.shape == bucketed.shape and plain.shape[1] >= 1
+    assert torch.equal(plain, bucketed)
+
+
 def test_bucketed_prefill_falls_back_for_sliding_window_caches(smollm_tokenizer):
     from transformers import MistralConfig, MistralForCausalLM
 

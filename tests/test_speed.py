@@ -396,3 +396,133 @@ def test_selective_logits_on_real_smollm2(smollm_tokenizer):
         targets = kept_targets(batch["labels"], keep)
         fused = linear_cross_entropy(hidden, head.weight, head.bias, targets) / targets.numel()
     torch.testing.assert_close(fused, ref, rtol=2e-4, atol=2e-4)
+
+
+# -- CPU kernels: math attention for short bf16 batches, no LoRA input casts under autocast ------------------
+def test_short_bf16_batches_on_cpu_use_the_math_attention_kernel(tmp_path):
+    from torch.backends.cuda import flash_sdp_enabled
+
+    from tunelab.models.hardware import SHORT_ATTENTION
+
+    model = _lora(tiny_llama())
+    trainer = TunelabTrainer(model=model, args=training_args(tmp_path, bf16=True), data_collator=CausalLMCollator(PAD),
+                             train_dataset=make_examples(4))
+    short = {"input_ids": torch.ones(2, SHORT_ATTENTION - 1, dtype=torch.long)}
+    long = {"input_ids": torch.ones(2, SHORT_ATTENTION, dtype=torch.long)}
+    assert flash_sdp_enabled()
+    with trainer.step_kernels(model, short):
+        assert not flash_sdp_enabled()  # sdpa_kernel([MATH]) switched the fused kernels off
+    assert flash_sdp_enabled()
+    with trainer.step_kernels(model, long):
+        assert flash_sdp_enabled()
+    fp32 = TunelabTrainer(model=_lora(tiny_llama()), args=training_args(tmp_path), data_collator=CausalLMCollator(PAD),
+                          train_dataset=make_examples(4))
+    with fp32.step_kernels(fp32.model, short):
+        assert flash_sdp_enabled()  # fp32 keeps torch's choice: its fused kernel is the faster one there
+
+
+def test_math_and_fused_attention_give_the_same_bf16_loss_and_gradients():
+    """Forced bf16 (emulated, slow but correct on CPUs without AVX512-BF16): the two kernels agree to bf16 rounding."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    batch = CausalLMCollator(PAD)(make_examples(6, seed=2))
+    results = []
+    for backend in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION):
+        model = tiny_llama().bfloat16()
+        with sdpa_kernel([backend]):
+            loss = model(**batch).loss
+        results.append((loss.detach().float(), [g.float() for g in torch.autograd.grad(loss, list(model.parameters()))]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-2, atol=2e-2)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=0.1, atol=2e-2)
+
+
+def test_lora_without_input_casts_under_bf16_autocast_is_exactly_the_same(tmp_path):
+    """A frozen bf16 base with fp32 LoRA weights (tunelab's LoRA default on a bf16 CPU): peft casts each adapter's
+    input to fp32 and autocast casts it back; skipping both (`step_kernels`) changes no value."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    batch = CausalLMCollator(PAD)(make_examples(4, seed=4))
+    n = batch["labels"][:, 1:].ne(-100).sum()
+    results = []
+    for kernels in (True, False):
+        model = _lora(tiny_llama())
+        for name, p in model.named_parameters():
+            if "lora_" not in name:
+                p.data = p.data.bfloat16()
+        trainer = TunelabTrainer(model=model, args=training_args(tmp_path, bf16=True),
+                                 data_collator=CausalLMCollator(PAD), train_dataset=make_examples(4))
+        casts_seen = []
+        with trainer.accelerator.autocast(), sdpa_kernel([SDPBackend.MATH]), \
+                (trainer.step_kernels(model, batch) if kernels else torch.enable_grad()):
+            casts_seen = [m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+            loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
+        assert casts_seen and all(c is not kernels for c in casts_seen)
+        lora = [p for name, p in model.named_parameters() if "lora_" in name]
+        results.append((loss.detach(), torch.autograd.grad(loss, lora)))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# -- regional compilation ----------------------------------------------------------------------------------
+def test_compile_decision_is_auto_only_for_long_bf16_cpu_runs():
+    from tunelab.training.compile import COMPILE_PAYS_AFTER_S, compile_blocks_decision
+
+    long = COMPILE_PAYS_AFTER_S + 1
+    assert compile_blocks_decision(None, "cpu", True, long)[0] is True
+    assert compile_blocks_decision(None, "cpu", True, COMPILE_PAYS_AFTER_S - 1)[0] is False
+    assert compile_blocks_decision(None, "cpu", True, None)[0] is False  # no estimate: no guess
+    assert compile_blocks_decision(None, "cpu", False, long)[0] is False
+    assert compile_blocks_decision(None, "cuda", True, long)[0] is False
+    assert compile_blocks_decision(None, "cpu", True, long, processes=2)[0] is False
+    assert compile_blocks_decision(True, "cuda", False, 1.0) == (True, "train.compile_blocks=true")
+    assert compile_blocks_decision(False, "cpu", True, long)[0] is False
+
+
+def test_compiled_blocks_train_like_the_uncompiled_model(tmp_path):
+    """Each decoder layer compiled in place: same loss and LoRA gradients, same parameter names (checkpoints and
+    adapters save as before). Compiling two tiny layers takes a while on 2 cores: the one compile test."""
+    from tunelab.training.compile import compile_repeated_blocks, repeated_blocks
+
+    batch = CausalLMCollator(PAD)(make_examples(6, seed=8))
+    n = batch["labels"][:, 1:].ne(-100).sum()
+    results, names = [], []
+    for compiled in (False, True):
+        model = _lora(tiny_llama())
+        if compiled:
+            assert [type(b).__name__ for b in repeated_blocks(model)] == ["LlamaDecoderLayer"] * 2
+            assert compile_repeated_blocks(model) == 2
+        names.append(sorted(model.state_dict()))
+        trainer = TunelabTrainer(model=model, args=training_args(tmp_path), data_collator=CausalLMCollator(PAD),
+                                 train_dataset=make_examples(4))
+        loss = trainer.compute_loss(model.train(), dict(batch), num_items_in_batch=n)
+        lora = [p for name, p in model.named_parameters() if "lora_" in name]
+        results.append((loss.detach(), torch.autograd.grad(loss, lora)))
+    assert names[0] == names[1]
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("adapter", [None, _lora], ids=["full", "lora"])
+def test_fused_head_runs_in_the_runs_bf16_autocast_like_the_plain_path(tmp_path, adapter):
+    """accelerate puts bf16 autocast around the model's forward; the fused head calls the backbone past that
+    forward, so it enters the same autocast: the head is verified (not silently dropped) and the loss is the
+    plain Trainer's to bf16 rounding. Forced bf16: emulated (slow, correct) on CPUs without AVX512-BF16."""
+    from transformers import Trainer
+
+    examples = make_examples(8, seed=6)
+    batch = CausalLMCollator(PAD)(examples)
+    n = batch["labels"][:, 1:].ne(-100).sum()
+    losses = []
+    for cls in (TunelabTrainer, Trainer):
+        model = tiny_llama() if adapter is None else adapter(tiny_llama())
+        trainer = cls(model=model, args=training_args(tmp_path, bf16=True, max_steps=1, learning_rate=0.0),
+                      data_collator=CausalLMCollator(PAD), train_dataset=examples)
+        trainer.train()  # prepares the model: accelerate wraps its forward in autocast
+        with torch.no_grad():
+            losses.append(trainer.compute_loss(trainer.model.train(), dict(batch), num_items_in_batch=n))
+        if cls is TunelabTrainer:
+            assert trainer._fused_decision is True
+    torch.testing.assert_close(losses[0].float(), losses[1].float(), rtol=1e-2, atol=1e-2)

@@ -134,8 +134,8 @@ class GenerationEngine:
     @torch.inference_mode()
     def generate_batch_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, logits_processor=None,
                            stopping_criteria=None) -> torch.Tensor:
-        """One left-padded batch of tokenized prompts through `model.generate`, greedy unless `logits_processor`
-        picks tokens itself: the hook of the server's request batching (tunelab.inference.batching), whose
+        """One left-padded batch of tokenized prompts through `model.generate` (prefilled by length into a static
+        cache, as `generate` does), greedy unless `logits_processor` picks tokens itself: the hook of the server's request batching (tunelab.inference.batching), whose
         processor samples each row with its own settings and whose stopping criteria stream and stop each row.
         Returns the new token ids (rows padded after they stopped)."""
         kwargs = self._generate_kwargs(max_new_tokens=max_new_tokens, do_sample=False)
@@ -148,8 +148,10 @@ class GenerationEngine:
         from transformers import LogitsProcessorList
 
         processors = kwargs.pop("logits_processor", []) + list(logits_processor or [])  # the penalty before sampling
+        cache = prefill_by_length(self.model, input_ids, attention_mask, max_new_tokens) if self.bucketed_prefill else None
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, stopping_criteria=stopping_criteria,
-                                  logits_processor=LogitsProcessorList(processors) if processors else None, **kwargs)
+                                  logits_processor=LogitsProcessorList(processors) if processors else None, **kwargs,
+                                  **({"past_key_values": cache} if cache is not None else {}))
         new = out[:, width:]
         self.stats.prompts += len(prompt_ids)
         self.stats.new_tokens += sum(_count_until_stop(row, kwargs["eos_token_id"] + [pad]) for row in new)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,8 @@ def seconds_per_token(trainer, examples: list[dict]) -> float | None:
 
     def step(batch: list[dict]) -> int:
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(batch).items()}
-        with trainer.accelerator.autocast():
+        kernels = trainer.step_kernels(model, inputs) if hasattr(trainer, "step_kernels") else nullcontext()
+        with trainer.accelerator.autocast(), kernels:
             loss = trainer.compute_loss(model, inputs)
         loss.backward()
         if device.type == "cuda":

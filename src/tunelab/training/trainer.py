@@ -1,6 +1,6 @@
 """tunelab's Trainer: transformers' Trainer with the batching and loss tunelab uses by default.
 
-Three changes, each measured to pay on CPU (bench/README.md; GPU not yet measured), none changes the maths:
+Four changes, each measured to pay on CPU (bench/README.md; GPU not yet measured), none changes the maths:
 - length-bucketed batches (`sampler.LengthBucketSampler`) for any dataset whose examples have
   `input_ids`, so dynamic padding wastes little compute; deterministic per (seed, epoch), so
   resuming from a checkpoint replays the same batches;
@@ -13,6 +13,8 @@ Three changes, each measured to pay on CPU (bench/README.md; GPU not yet measure
   (`tunelab_trainer.json`) and a resumed run takes it from there, so both halves run the same path;
 - batches over a padded-token budget run as exact micro-batches (`microbatch.split_by_token_budget`),
   so the longest bucket does not set peak memory.
+- on CPU in bf16 (`step_kernels`): short batches take torch's math attention kernel (faster there than the
+  fused one), and LoRA layers skip the input cast that autocast undoes (bench/README.md, bf16 CPU section).
 Anything else (custom `compute_loss_func`, label smoothing, Liger, metrics that need logits)
 takes transformers' plain path, and so do micro-batches under DeepSpeed, FSDP and context parallelism
 (`micro_batches_off`, said in one line).
@@ -52,7 +54,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 from tunelab.errors import UserError
 from tunelab.io import atomic_write_json, disk_full
 from tunelab.io.atomic import replace_path
-from tunelab.models.hardware import matmul_precision as matmul_precision_scope
+from tunelab.models.hardware import attention_kernels, matmul_precision as matmul_precision_scope
 from tunelab.models.threads import choose_cpu_threads, cpu_threads as cpu_threads_scope
 from tunelab.training.losses import (
     causal_lm_loss, kept_targets, linear_cross_entropy, supervised_positions, token_mean,
@@ -118,6 +120,7 @@ class TunelabTrainer(Trainer):
         if matmul_precision is not None:
             log.info("float32 matmul precision: %s", matmul_precision)
         self._model_keeps_logits = _accepts_logits_to_keep(self.model)
+        self._has_lora = any(hasattr(m, "cast_input_dtype_enabled") for m in self.model.modules())
 
     # -- process-wide torch settings, scoped to the work that uses them -----------------------
     @contextmanager
@@ -355,16 +358,38 @@ class TunelabTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         chunks = self._micro_batches(model, inputs, num_items_in_batch)
         if chunks is None:
-            return super().training_step(model, inputs, num_items_in_batch)
+            with self.step_kernels(model, inputs):
+                return super().training_step(model, inputs, num_items_in_batch)
         total = None
         for i, chunk in enumerate(chunks):
             # Under DDP, all-reduce once per step (after the last micro-batch), not once per micro-batch.
             last = i == len(chunks) - 1
             sync = nullcontext() if last or self.accelerator.num_processes == 1 else self.accelerator.no_sync(model)
-            with sync:
+            with sync, self.step_kernels(model, chunk):
                 loss = super().training_step(model, chunk, num_items_in_batch)
             total = loss if total is None else total + loss
         return total
+
+    @contextmanager
+    def step_kernels(self, model, inputs):
+        """What a forward (and its backward) runs with, beyond transformers' own autocast:
+        - short bf16 batches on CPU: torch's math attention kernel, faster there than its fused one
+          (`hardware.attention_kernels`); the compute dtype is bf16 under bf16 autocast or with bf16 weights;
+        - under bf16 autocast, peft's LoRA layers do not cast their input to the fp32 adapter weights' dtype:
+          autocast casts it straight back to bf16 for the matmul, so the cast pair (and its backward) is pure
+          copying, 13% of a bf16 LoRA step on CPU; the values are the same (bf16 -> fp32 -> bf16 is exact)."""
+        ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
+        autocast_bf16 = bool(self.args.bf16)
+        with ExitStack() as stack:
+            if ids is not None and ids.dim() == 2:
+                bf16 = autocast_bf16 or getattr(self.model, "dtype", None) == torch.bfloat16
+                stack.enter_context(attention_kernels(self.args.device.type,
+                                                      torch.bfloat16 if bf16 else torch.float32, ids.shape[1]))
+            if autocast_bf16 and self._has_lora:
+                from peft.helpers import disable_input_dtype_casting
+
+                stack.enter_context(disable_input_dtype_casting(model))
+            yield
 
     def _micro_batches(self, model, inputs, num_items_in_batch):
         """Row chunks of a too-large batch, or None. Only where each chunk's loss is sum / global count,
@@ -409,7 +434,8 @@ class TunelabTrainer(Trainer):
         self._loss_only_prediction = prediction_loss_only
         self._predicting = True
         try:
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            with self.step_kernels(model, inputs):
+                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         finally:
             self._loss_only_prediction = self._predicting = False
 
@@ -450,8 +476,11 @@ class TunelabTrainer(Trainer):
         if fused is not None:
             backbone, head = fused
             targets = kept_targets(labels, keep)
-            hidden = backbone(**inputs).last_hidden_state[keep]
-            total = linear_cross_entropy(hidden, head.weight, head.bias, targets)
+            # The backbone is called past the model's forward, which accelerate wraps in the run's autocast (bf16/fp16
+            # mixed precision): enter it here, so both paths compute in the same precision.
+            with self.accelerator.autocast():
+                hidden = backbone(**inputs).last_hidden_state[keep]
+                total = linear_cross_entropy(hidden, head.weight, head.bias, targets)
             loss = self._rescale_for_devices(token_mean(total, targets.numel(), num_items_in_batch), num_items_in_batch)
             return (loss, CausalLMOutputWithPast(loss=loss)) if return_outputs else loss
         outputs = model(**inputs, logits_to_keep=keep)
@@ -500,7 +529,8 @@ class TunelabTrainer(Trainer):
             elif not keep.any():
                 return None  # nothing to compare on; decide on a batch with labels
             else:
-                choice = _verified_backbone_and_head(model, inputs, keep)
+                with self.accelerator.autocast():  # as the model's own forward runs (accelerate wraps it in autocast)
+                    choice = _verified_backbone_and_head(model, inputs, keep)
             self._fused_heads[id(model)] = choice
             self._fused_decision = choice is not None
         return self._fused_heads[id(model)]
