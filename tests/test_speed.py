@@ -466,20 +466,6 @@ def test_lora_without_input_casts_under_bf16_autocast_is_exactly_the_same(tmp_pa
 
 
 # -- regional compilation ----------------------------------------------------------------------------------
-def test_compile_decision_is_auto_only_for_long_bf16_cpu_runs():
-    from tunelab.training.compile import COMPILE_PAYS_AFTER_S, compile_blocks_decision
-
-    long = COMPILE_PAYS_AFTER_S + 1
-    assert compile_blocks_decision(None, "cpu", True, long)[0] is True
-    assert compile_blocks_decision(None, "cpu", True, COMPILE_PAYS_AFTER_S - 1)[0] is False
-    assert compile_blocks_decision(None, "cpu", True, None)[0] is False  # no estimate: no guess
-    assert compile_blocks_decision(None, "cpu", False, long)[0] is False
-    assert compile_blocks_decision(None, "cuda", True, long)[0] is False
-    assert compile_blocks_decision(None, "cpu", True, long, processes=2)[0] is False
-    assert compile_blocks_decision(True, "cuda", False, 1.0) == (True, "train.compile_blocks=true")
-    assert compile_blocks_decision(False, "cpu", True, long)[0] is False
-
-
 def test_compiled_blocks_train_like_the_uncompiled_model(tmp_path):
     """Each decoder layer compiled in place: same loss and LoRA gradients, same parameter names (checkpoints and
     adapters save as before). Compiling two tiny layers takes a while on 2 cores: the one compile test."""

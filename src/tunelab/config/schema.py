@@ -126,10 +126,10 @@ class TrainConfig(Section):
     """Real steps timed to print the training-time estimate (0 = no estimate)."""
     cpu_threads: int | None = Field(None, ge=1)
     """torch CPU threads while training; None = TUNELAB_THREADS, else OMP_NUM_THREADS, else measured (~0.5 s)."""
-    compile_blocks: bool | None = None
+    compile_blocks: bool = False
     """Regional torch.compile of the model's repeated blocks (each layer compiled once; inductor's disk cache
-    serves later runs). None = auto: on for bf16 training on CPU estimated over 30 minutes (there it saved ~25%
-    of a step after a 30-120 s compile); true/false force it."""
+    serves later runs). Off by default: ~25% faster steps on short bf16 CPU batches, but not yet measured to
+    pay back its compile time in a whole run (training/compile.py)."""
     report_to: Literal["none", "tensorboard", "mlflow", "trackio"] = "none"
     """Also log to an experiment tracker (passed to the Trainer): `tensorboard` writes event files to
     <run>/tensorboard, `mlflow` a local store in <run>/mlruns (unless MLFLOW_TRACKING_URI is set), `trackio` its own

@@ -176,10 +176,9 @@ def _run(run: RunDir, config: RunConfig, resume: bool, echo: Callable[[str], Non
     if trainer.cpu_threads is not None:
         echo(f"cpu threads: {trainer.cpu_threads}   float32 matmul precision: {config.model.matmul_precision}")
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a compact line instead
-    estimated = None
     if config.train.estimate_steps and is_main_process():
-        estimated = _estimate_before_training(trainer, train_examples, checkpoint, config.train.estimate_steps, echo)
-    _maybe_compile_blocks(config, trainer, estimated, echo)
+        _estimate_before_training(trainer, train_examples, checkpoint, config.train.estimate_steps, echo)
+    _maybe_compile_blocks(config, trainer, echo)
     metrics: dict = {}
     if eval_examples and not resume:
         before = trainer.evaluate(metric_key_prefix="eval_before")
@@ -422,33 +421,29 @@ def _after_failure(run: RunDir, resume: bool, exc: BaseException, main: bool) ->
 
 
 # -- section 5 helpers: the time estimate before training ---------------------------------------------------
-def _estimate_before_training(trainer, train_examples, checkpoint, measured_steps: int, echo) -> float | None:
+def _estimate_before_training(trainer, train_examples, checkpoint, measured_steps: int, echo) -> None:
     """Print how long training should take before its first step: one batch of real rows timed now, scaled
-    by the tokens of the steps still to run, and return it (seconds). `TimeEstimateCallback` refines it from
-    the first real steps."""
+    by the tokens of the steps still to run. `TimeEstimateCallback` refines it from the first real steps."""
     planned = trainer.planned_steps()
     remaining = (planned or 0) - (checkpoint_step(checkpoint) if checkpoint is not None else 0)
     if remaining <= 0:
-        return None  # already trained to its length (the recipe says so) or unknown: nothing to estimate
+        return  # already trained to its length (the recipe says so) or unknown: nothing to estimate
     per_token = seconds_per_token(trainer, train_examples)
     if per_token is None:
-        return None
+        return
     args = trainer.args
     total = per_token * planned_tokens(train_examples, remaining,
                                        args.per_device_train_batch_size * args.gradient_accumulation_steps)
     refined = f"; refined after {measured_steps} steps" if remaining > measured_steps else ""
     echo(f"estimated training time: {duration(total)} for {remaining} steps (a batch timed before training{refined})")
-    return total
 
 
-def _maybe_compile_blocks(config: RunConfig, trainer, estimated_seconds: float | None, echo) -> None:
-    """Regional compilation of the model's repeated blocks where it pays (training/compile.py)."""
-    from tunelab.training.compile import compile_blocks_decision, compile_repeated_blocks
-
-    wanted, why = compile_blocks_decision(config.train.compile_blocks, trainer.args.device.type,
-                                          bool(trainer.args.bf16), estimated_seconds, trainer.args.world_size)
-    if not wanted:
+def _maybe_compile_blocks(config: RunConfig, trainer, echo) -> None:
+    """`train.compile_blocks`: regional compilation of the model's repeated blocks (training/compile.py)."""
+    if not config.train.compile_blocks:
         return
+    from tunelab.training.compile import compile_repeated_blocks
+
     blocks = compile_repeated_blocks(trainer.model)
-    echo(f"compiling {blocks} repeated blocks with torch.compile ({why}); the first steps include the compilation"
-         if blocks else f"train.compile_blocks: no repeated blocks found in this model; it runs uncompiled")
+    echo(f"train.compile_blocks: compiling {blocks} repeated blocks with torch.compile; the first steps include the "
+         "compilation" if blocks else "train.compile_blocks: no repeated blocks found in this model; it runs uncompiled")
