@@ -398,7 +398,7 @@ def test_selective_logits_on_real_smollm2(smollm_tokenizer):
     torch.testing.assert_close(fused, ref, rtol=2e-4, atol=2e-4)
 
 
-# -- CPU kernels: math attention for short bf16 batches, no LoRA input casts under autocast ------------------
+# -- CPU kernels: math attention for short bf16 batches ------------------------------------------------------
 def test_short_bf16_batches_on_cpu_use_the_math_attention_kernel(tmp_path):
     from torch.backends.cuda import flash_sdp_enabled
 
@@ -435,34 +435,6 @@ def test_math_and_fused_attention_give_the_same_bf16_loss_and_gradients():
     torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-2, atol=2e-2)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, rtol=0.1, atol=2e-2)
-
-
-def test_lora_without_input_casts_under_bf16_autocast_is_exactly_the_same(tmp_path):
-    """A frozen bf16 base with fp32 LoRA weights (tunelab's LoRA default on a bf16 CPU): peft casts each adapter's
-    input to fp32 and autocast casts it back; skipping both (`step_kernels`) changes no value."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    batch = CausalLMCollator(PAD)(make_examples(4, seed=4))
-    n = batch["labels"][:, 1:].ne(-100).sum()
-    results = []
-    for kernels in (True, False):
-        model = _lora(tiny_llama())
-        for name, p in model.named_parameters():
-            if "lora_" not in name:
-                p.data = p.data.bfloat16()
-        trainer = TunelabTrainer(model=model, args=training_args(tmp_path, bf16=True),
-                                 data_collator=CausalLMCollator(PAD), train_dataset=make_examples(4))
-        casts_seen = []
-        with trainer.accelerator.autocast(), sdpa_kernel([SDPBackend.MATH]), \
-                (trainer.step_kernels(model, batch) if kernels else torch.enable_grad()):
-            casts_seen = [m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
-            loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
-        assert casts_seen and all(c is not kernels for c in casts_seen)
-        lora = [p for name, p in model.named_parameters() if "lora_" in name]
-        results.append((loss.detach(), torch.autograd.grad(loss, lora)))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
-    for a, b in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 # -- regional compilation ----------------------------------------------------------------------------------

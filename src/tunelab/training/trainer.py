@@ -14,7 +14,7 @@ Four changes, each measured to pay on CPU (bench/README.md; GPU not yet measured
 - batches over a padded-token budget run as exact micro-batches (`microbatch.split_by_token_budget`),
   so the longest bucket does not set peak memory.
 - on CPU in bf16 (`step_kernels`): short batches take torch's math attention kernel (faster there than the
-  fused one), and LoRA layers skip the input cast that autocast undoes (bench/README.md, bf16 CPU section).
+  fused one; bench/README.md, bf16 CPU section).
 Anything else (custom `compute_loss_func`, label smoothing, Liger, metrics that need logits)
 takes transformers' plain path, and so do micro-batches under DeepSpeed, FSDP and context parallelism
 (`micro_batches_off`, said in one line).
@@ -120,7 +120,6 @@ class TunelabTrainer(Trainer):
         if matmul_precision is not None:
             log.info("float32 matmul precision: %s", matmul_precision)
         self._model_keeps_logits = _accepts_logits_to_keep(self.model)
-        self._has_lora = any(hasattr(m, "cast_input_dtype_enabled") for m in self.model.modules())
 
     # -- process-wide torch settings, scoped to the work that uses them -----------------------
     @contextmanager
@@ -372,12 +371,9 @@ class TunelabTrainer(Trainer):
 
     @contextmanager
     def step_kernels(self, model, inputs):
-        """What a forward (and its backward) runs with, beyond transformers' own autocast:
-        - short bf16 batches on CPU: torch's math attention kernel, faster there than its fused one
-          (`hardware.attention_kernels`); the compute dtype is bf16 under bf16 autocast or with bf16 weights;
-        - under bf16 autocast, peft's LoRA layers do not cast their input to the fp32 adapter weights' dtype:
-          autocast casts it straight back to bf16 for the matmul, so the cast pair (and its backward) is pure
-          copying, 13% of a bf16 LoRA step on CPU; the values are the same (bf16 -> fp32 -> bf16 is exact)."""
+        """What a forward (and its backward) runs with, beyond transformers' own autocast: short bf16 batches on
+        CPU take torch's math attention kernel, faster there than its fused one (`hardware.attention_kernels`);
+        the compute dtype is bf16 under bf16 autocast or with bf16 weights."""
         ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
         autocast_bf16 = bool(self.args.bf16)
         with ExitStack() as stack:
@@ -385,10 +381,6 @@ class TunelabTrainer(Trainer):
                 bf16 = autocast_bf16 or getattr(self.model, "dtype", None) == torch.bfloat16
                 stack.enter_context(attention_kernels(self.args.device.type,
                                                       torch.bfloat16 if bf16 else torch.float32, ids.shape[1]))
-            if autocast_bf16 and self._has_lora:
-                from peft.helpers import disable_input_dtype_casting
-
-                stack.enter_context(disable_input_dtype_casting(model))
             yield
 
     def _micro_batches(self, model, inputs, num_items_in_batch):
