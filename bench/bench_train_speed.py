@@ -141,7 +141,7 @@ def _compile_and_warm_up(trainer, train) -> float:
     trainer.model.train()
     for rows in (ordered[:2], ordered[-2:]):
         batch = trainer.data_collator(rows)
-        with trainer.accelerator.autocast(), trainer.step_kernels(trainer.model, batch):
+        with trainer.accelerator.autocast():
             trainer.compute_loss(trainer.model, batch).backward()
     trainer.model.zero_grad(set_to_none=True)
     return time.perf_counter() - start

@@ -410,14 +410,14 @@ def test_short_bf16_batches_on_cpu_use_the_math_attention_kernel(tmp_path):
     short = {"input_ids": torch.ones(2, SHORT_ATTENTION - 1, dtype=torch.long)}
     long = {"input_ids": torch.ones(2, SHORT_ATTENTION, dtype=torch.long)}
     assert flash_sdp_enabled()
-    with trainer.step_kernels(model, short):
+    with trainer.attention_kernels(short):
         assert not flash_sdp_enabled()  # sdpa_kernel([MATH]) switched the fused kernels off
     assert flash_sdp_enabled()
-    with trainer.step_kernels(model, long):
+    with trainer.attention_kernels(long):
         assert flash_sdp_enabled()
     fp32 = TunelabTrainer(model=_lora(tiny_llama()), args=training_args(tmp_path), data_collator=CausalLMCollator(PAD),
                           train_dataset=make_examples(4))
-    with fp32.step_kernels(fp32.model, short):
+    with fp32.attention_kernels(short):
         assert flash_sdp_enabled()  # fp32 keeps torch's choice: its fused kernel is the faster one there
 
 

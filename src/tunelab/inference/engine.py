@@ -135,9 +135,9 @@ class GenerationEngine:
     def generate_batch_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, logits_processor=None,
                            stopping_criteria=None) -> torch.Tensor:
         """One left-padded batch of tokenized prompts through `model.generate` (prefilled by length into a static
-        cache, as `generate` does), greedy unless `logits_processor` picks tokens itself: the hook of the server's request batching (tunelab.inference.batching), whose
-        processor samples each row with its own settings and whose stopping criteria stream and stop each row.
-        Returns the new token ids (rows padded after they stopped)."""
+        cache, as `generate` does), greedy unless `logits_processor` picks tokens itself: the hook of the server's
+        request batching (tunelab.inference.batching), whose processor samples each row with its own settings and
+        whose stopping criteria stream and stop each row. Returns the new token ids (rows padded after they stopped)."""
         kwargs = self._generate_kwargs(max_new_tokens=max_new_tokens, do_sample=False)
         pad = kwargs["pad_token_id"] if kwargs["pad_token_id"] is not None else kwargs["eos_token_id"][0]
         width = max(len(ids) for ids in prompt_ids)

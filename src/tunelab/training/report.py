@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
@@ -32,8 +31,7 @@ def seconds_per_token(trainer, examples: list[dict]) -> float | None:
 
     def step(batch: list[dict]) -> int:
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(batch).items()}
-        kernels = trainer.step_kernels(model, inputs) if hasattr(trainer, "step_kernels") else nullcontext()
-        with trainer.accelerator.autocast(), kernels:
+        with trainer.accelerator.autocast():
             loss = trainer.compute_loss(model, inputs)
         loss.backward()
         if device.type == "cuda":

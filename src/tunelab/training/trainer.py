@@ -13,7 +13,7 @@ Four changes, each measured to pay on CPU (bench/README.md; GPU not yet measured
   (`tunelab_trainer.json`) and a resumed run takes it from there, so both halves run the same path;
 - batches over a padded-token budget run as exact micro-batches (`microbatch.split_by_token_budget`),
   so the longest bucket does not set peak memory.
-- on CPU in bf16 (`step_kernels`): short batches take torch's math attention kernel (faster there than the
+- on CPU in bf16 (`attention_kernels`): short batches take torch's math attention kernel (faster there than the
   fused one; bench/README.md, bf16 CPU section).
 Anything else (custom `compute_loss_func`, label smoothing, Liger, metrics that need logits)
 takes transformers' plain path, and so do micro-batches under DeepSpeed, FSDP and context parallelism
@@ -357,31 +357,26 @@ class TunelabTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         chunks = self._micro_batches(model, inputs, num_items_in_batch)
         if chunks is None:
-            with self.step_kernels(model, inputs):
-                return super().training_step(model, inputs, num_items_in_batch)
+            return super().training_step(model, inputs, num_items_in_batch)
         total = None
         for i, chunk in enumerate(chunks):
             # Under DDP, all-reduce once per step (after the last micro-batch), not once per micro-batch.
             last = i == len(chunks) - 1
             sync = nullcontext() if last or self.accelerator.num_processes == 1 else self.accelerator.no_sync(model)
-            with sync, self.step_kernels(model, chunk):
+            with sync:
                 loss = super().training_step(model, chunk, num_items_in_batch)
             total = loss if total is None else total + loss
         return total
 
-    @contextmanager
-    def step_kernels(self, model, inputs):
-        """What a forward (and its backward) runs with, beyond transformers' own autocast: short bf16 batches on
-        CPU take torch's math attention kernel, faster there than its fused one (`hardware.attention_kernels`);
-        the compute dtype is bf16 under bf16 autocast or with bf16 weights."""
+    def attention_kernels(self, inputs):
+        """The attention kernels a forward over `inputs` runs with: short bf16 batches on CPU take torch's math
+        kernel, faster there than its fused one (`hardware.attention_kernels`); the compute dtype is bf16 under
+        bf16 autocast or with bf16 weights. The backward follows the forward's choice."""
         ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
-        autocast_bf16 = bool(self.args.bf16)
-        with ExitStack() as stack:
-            if ids is not None and ids.dim() == 2:
-                bf16 = autocast_bf16 or getattr(self.model, "dtype", None) == torch.bfloat16
-                stack.enter_context(attention_kernels(self.args.device.type,
-                                                      torch.bfloat16 if bf16 else torch.float32, ids.shape[1]))
-            yield
+        if ids is None or ids.dim() != 2:
+            return nullcontext()
+        bf16 = self.args.bf16 or getattr(self.model, "dtype", None) == torch.bfloat16
+        return attention_kernels(self.args.device.type, torch.bfloat16 if bf16 else torch.float32, ids.shape[1])
 
     def _micro_batches(self, model, inputs, num_items_in_batch):
         """Row chunks of a too-large batch, or None. Only where each chunk's loss is sum / global count,
@@ -426,7 +421,7 @@ class TunelabTrainer(Trainer):
         self._loss_only_prediction = prediction_loss_only
         self._predicting = True
         try:
-            with self.step_kernels(model, inputs):
+            with self.attention_kernels(inputs):  # predictions without labels never reach compute_loss
                 return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         finally:
             self._loss_only_prediction = self._predicting = False
@@ -455,6 +450,12 @@ class TunelabTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Every forward with labels comes through here (training steps, evaluation, the time estimate, lab explain's
+        # per-example losses), so every one of them runs the same attention kernels.
+        with self.attention_kernels(inputs):
+            return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _compute_loss(self, model, inputs, return_outputs, num_items_in_batch):
         labels = inputs.get("labels")
         if self.head_logits is not None and torch.is_tensor(labels) and labels.dim() == 1:
             return self._classification_loss(model, inputs, return_outputs, num_items_in_batch)
