@@ -9,7 +9,6 @@ Writes bench/results/summarize.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path

@@ -437,6 +437,44 @@ def test_math_and_fused_attention_give_the_same_bf16_loss_and_gradients():
         torch.testing.assert_close(a, b, rtol=0.1, atol=2e-2)
 
 
+def test_lora_skips_the_input_cast_under_autocast_and_nothing_changes(tmp_path):
+    """A frozen bf16 base with fp32 LoRA weights (tunelab's LoRA default on a bf16 CPU): under autocast peft's cast of
+    each adapter's input to fp32 is undone by autocast, so the trainer's hooks skip it: fewer copies, the same loss
+    and gradients to the bit. Outside autocast the cast stays (an fp32 forward still works)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = CausalLMCollator(PAD)(make_examples(4, seed=4))
+    n = batch["labels"][:, 1:].ne(-100).sum()
+    results = []
+    for mixed in (True, False):
+        model = _lora(tiny_llama())
+        for name, p in model.named_parameters():
+            if "lora_" not in name:
+                p.data = p.data.bfloat16()
+        trainer = TunelabTrainer(model=model, args=training_args(tmp_path, bf16=mixed),
+                                 data_collator=CausalLMCollator(PAD), train_dataset=make_examples(4))
+        flags = []
+        lora_q = model.base_model.model.model.layers[0].self_attn.q_proj
+        lora_q.register_forward_hook(lambda m, a, o: flags.append(m.cast_input_dtype_enabled))
+        with profile(activities=[ProfilerActivity.CPU]) as prof, trainer.accelerator.autocast():
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # the same autocast for both; only the hooks differ
+                loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n)
+        copies = sum(e.count for e in prof.key_averages() if e.key == "aten::copy_")
+        assert flags and all(f is not mixed for f in flags)
+        lora = [p for name, p in model.named_parameters() if "lora_" in name]
+        results.append((loss.detach(), torch.autograd.grad(loss, lora), copies))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert results[0][2] < results[1][2]  # the forward made fewer copies
+    # Outside autocast peft's cast is back: an fp32 model's forward runs and the flag is on again.
+    model = _lora(tiny_llama())
+    TunelabTrainer(model=model, args=training_args(tmp_path, bf16=True), data_collator=CausalLMCollator(PAD),
+                   train_dataset=make_examples(4))
+    assert torch.isfinite(model(**batch).loss)
+    assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+
 # -- regional compilation ----------------------------------------------------------------------------------
 def test_compiled_blocks_train_like_the_uncompiled_model(tmp_path):
     """Each decoder layer compiled in place: same loss and LoRA gradients, same parameter names (checkpoints and

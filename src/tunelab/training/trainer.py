@@ -14,7 +14,8 @@ Four changes, each measured to pay on CPU (bench/README.md; GPU not yet measured
 - batches over a padded-token budget run as exact micro-batches (`microbatch.split_by_token_budget`),
   so the longest bucket does not set peak memory.
 - on CPU in bf16 (`attention_kernels`): short batches take torch's math attention kernel (faster there than the
-  fused one; bench/README.md, bf16 CPU section).
+  fused one; bench/README.md, bf16 CPU section); under mixed precision LoRA layers skip the input cast that
+  autocast undoes (`peft_setup.skip_input_casts_under_autocast`).
 Anything else (custom `compute_loss_func`, label smoothing, Liger, metrics that need logits)
 takes transformers' plain path, and so do micro-batches under DeepSpeed, FSDP and context parallelism
 (`micro_batches_off`, said in one line).
@@ -55,6 +56,7 @@ from tunelab.errors import UserError
 from tunelab.io import atomic_write_json, disk_full
 from tunelab.io.atomic import replace_path
 from tunelab.models.hardware import attention_kernels, matmul_precision as matmul_precision_scope
+from tunelab.models.peft_setup import skip_input_casts_under_autocast
 from tunelab.models.threads import choose_cpu_threads, cpu_threads as cpu_threads_scope
 from tunelab.training.losses import (
     causal_lm_loss, kept_targets, linear_cross_entropy, supervised_positions, token_mean,
@@ -120,6 +122,8 @@ class TunelabTrainer(Trainer):
         if matmul_precision is not None:
             log.info("float32 matmul precision: %s", matmul_precision)
         self._model_keeps_logits = _accepts_logits_to_keep(self.model)
+        if self.args.bf16 or self.args.fp16:
+            skip_input_casts_under_autocast(self.model)
 
     # -- process-wide torch settings, scoped to the work that uses them -----------------------
     @contextmanager
