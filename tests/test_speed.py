@@ -16,7 +16,7 @@ from tunelab.data.collate import CausalLMCollator
 from tunelab.training.losses import causal_lm_loss, kept_targets, linear_cross_entropy, supervised_positions
 from tunelab.training.microbatch import split_by_token_budget
 from tunelab.training.sampler import LengthBucketSampler, example_lengths
-from tunelab.training.trainer import TunelabTrainer, _verified_backbone_and_head
+from tunelab.training.trainer import TunelabTrainer, _same_logits, _verified_backbone_and_head
 
 PAD = 0
 
@@ -396,6 +396,19 @@ def test_selective_logits_on_real_smollm2(smollm_tokenizer):
         targets = kept_targets(batch["labels"], keep)
         fused = linear_cross_entropy(hidden, head.weight, head.bias, targets) / targets.numel()
     torch.testing.assert_close(fused, ref, rtol=2e-4, atol=2e-4)
+
+
+def test_fused_head_check_allows_bf16_rounding_but_not_a_changed_head():
+    """bf16 logits one unit of the last place apart (another GEMM shape) still count as the same head; a logit scale
+    or softcapping (what the check exists to catch) does not, nor does a 1-ULP-sized change in fp32."""
+    logits = torch.linspace(-24, 24, 4096).reshape(2, 2048)
+    bf16 = logits.bfloat16()
+    one_ulp = (bf16.view(torch.int16) + 1).view(torch.bfloat16)  # the next bf16 value, away from zero
+    assert not torch.equal(bf16, one_ulp) and _same_logits(bf16, one_ulp)
+    assert not _same_logits(bf16, (bf16.float() * 0.97).bfloat16())  # a logit scale
+    assert not _same_logits(bf16, (30 * torch.tanh(bf16.float() / 30)).bfloat16())  # softcapping at 30
+    assert _same_logits(logits, logits + 1e-5) and not _same_logits(logits, logits * 1.005)
+    assert not _same_logits(logits, logits[:, :10])
 
 
 # -- CPU kernels: math attention for short bf16 batches ------------------------------------------------------
