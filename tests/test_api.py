@@ -94,6 +94,33 @@ def test_training_and_reload_in_each_precision(tiny_llama, tmp_path, dtype):
     assert len(answers) == 2 and "prediction" in answers
 
 
+def test_a_run_that_predicts_in_bf16_predicts_in_fp32_on_a_cpu_without_fast_bf16(tiny_llama, tmp_path, monkeypatch,
+                                                                                   caplog):
+    """Trained where bf16 is fast (forced here), the run saves predict_dtype bfloat16; loaded on an AVX2-only CPU
+    (forced too) it predicts in fp32 and says so, unless bf16 is asked for at load time."""
+    import torch
+
+    from tunelab.models.hardware import cpu_has_fast_bf16
+
+    monkeypatch.setenv("TUNELAB_CPU_BF16", "1")
+    cpu_has_fast_bf16.cache_clear()
+    try:
+        result = tunelab.train(_sft_config(tiny_llama, tmp_path / "run", max_steps=2))
+        assert tunelab.load_config(result.run_dir / "config.yaml").model.predict_dtype == "bfloat16"
+        assert next(tunelab.load(result.run_dir).model.parameters()).dtype == torch.bfloat16
+        monkeypatch.setenv("TUNELAB_CPU_BF16", "0")
+        cpu_has_fast_bf16.cache_clear()
+        with caplog.at_level("WARNING", logger="tunelab.api"):
+            run = tunelab.load(result.run_dir)
+        assert next(run.model.parameters()).dtype == torch.float32
+        assert "no fast bf16" in caplog.text and str(result.run_dir) in caplog.text
+        assert len(run.predict(tunelab.held_out_rows(run).iloc[:1])) == 1
+        forced = tunelab.load(result.run_dir, dtype="bfloat16")
+        assert next(forced.model.parameters()).dtype == torch.bfloat16
+    finally:
+        cpu_has_fast_bf16.cache_clear()
+
+
 def test_same_seed_gives_the_same_numbers_in_separate_processes(tiny_llama, tmp_path):
     code = ("import json, sys, tunelab\n"
             "from tunelab.config import build_config\n"

@@ -139,6 +139,11 @@ def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool
     tokenizer = load_tokenizer(final_cfg)
     if dtype:
         config.model.predict_dtype = dtype
+    elif _bf16_from_another_cpu(config, hardware):
+        log.warning("%s predicts in bfloat16, chosen on the CPU it trained on; this CPU has no fast bf16 (it would be "
+                    "emulated, many times slower), so it predicts in float32 (dtype='bfloat16' / --set "
+                    "model.predict_dtype=bfloat16 keeps bf16)", run.path)
+        config.model.predict_dtype = "float32"
     dtype = predict_dtype(config.model, hardware)
     if (run.final / "adapter_config.json").exists():
         from peft import PeftModel
@@ -154,6 +159,14 @@ def load(run_dir: str | Path, device: str | None = None, trust_remote_code: bool
                            for_training=False, dtype=dtype)
     model.eval()
     return LoadedRun(config=config, task=task, model=model, tokenizer=tokenizer, hardware=hardware, run_dir=run.path)
+
+
+def _bf16_from_another_cpu(config: RunConfig, hardware) -> bool:
+    """A run saved `predict_dtype: bfloat16` (the automatic choice for generation on a fast-bf16 CPU, or the user's)
+    and is loaded on a CPU without fast bf16 (AVX2 only), where bf16 is emulated: a machine-dependent default."""
+    from tunelab.models.hardware import cpu_has_fast_bf16
+
+    return config.model.predict_dtype == "bfloat16" and hardware.device == "cpu" and not cpu_has_fast_bf16()
 
 
 def load_base(model: str, task: str = "sft", config: RunConfig | None = None, device: str | None = None,

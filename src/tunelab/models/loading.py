@@ -71,7 +71,8 @@ def predict_dtype(config: ModelConfig, hardware: Hardware, generative: bool = Fa
     reproduces the fp32 evaluation that training reports (bf16 merged weights moved class probabilities by up
     to 6% relative), except for text generation on a CPU with fast bf16 that trains in bf16: there bf16
     weights decode ~2x faster and greedy outputs stay (nearly) the same (bench/bench_generate.py counts them).
-    Resolved once at training time and saved in the run's config.yaml."""
+    Resolved once at training time and saved in the run's config.yaml; `tunelab.load` on a CPU without fast bf16
+    predicts a saved bfloat16 run in float32 (and says so) unless bf16 is asked for again."""
     if config.predict_dtype != "auto":
         return getattr(torch, config.predict_dtype)
     if hardware.device != "cpu":
