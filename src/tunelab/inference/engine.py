@@ -117,9 +117,7 @@ class GenerationEngine:
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
                 enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-                cache = (prefill_by_length(self.model, enc["input_ids"], enc["attention_mask"], kwargs["max_new_tokens"])
-                         if self.bucketed_prefill else None)
-                out = self.model.generate(**enc, **kwargs, **({"past_key_values": cache} if cache is not None else {}))
+                out = self._generate_prefilled(enc, **kwargs)
                 new = out[:, enc["input_ids"].shape[1]:]
                 for row, i in enumerate(idx):
                     ids = new[row]
@@ -130,6 +128,16 @@ class GenerationEngine:
         self.stats.prompts += len(prompts)
         self.stats.seconds += time.perf_counter() - start
         return outputs
+
+    def _generate_prefilled(self, enc, **kwargs) -> torch.Tensor:
+        """`model.generate` on a left-padded batch (`enc`: input_ids, attention_mask, ...), its prompts prefilled by
+        length into a static cache first (`prefill_by_length`; the plain one-batch prefill where that does not apply
+        or `bucketed_prefill` is off)."""
+        cache = (prefill_by_length(self.model, enc["input_ids"], enc["attention_mask"], kwargs["max_new_tokens"])
+                 if self.bucketed_prefill else None)
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        return self.model.generate(**enc, **kwargs)
 
     @torch.inference_mode()
     def generate_batch_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, logits_processor=None,
@@ -148,10 +156,9 @@ class GenerationEngine:
         from transformers import LogitsProcessorList
 
         processors = kwargs.pop("logits_processor", []) + list(logits_processor or [])  # the penalty before sampling
-        cache = prefill_by_length(self.model, input_ids, attention_mask, max_new_tokens) if self.bucketed_prefill else None
-        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, stopping_criteria=stopping_criteria,
-                                  logits_processor=LogitsProcessorList(processors) if processors else None, **kwargs,
-                                  **({"past_key_values": cache} if cache is not None else {}))
+        out = self._generate_prefilled({"input_ids": input_ids, "attention_mask": attention_mask},
+                                       stopping_criteria=stopping_criteria,
+                                       logits_processor=LogitsProcessorList(processors) if processors else None, **kwargs)
         new = out[:, width:]
         self.stats.prompts += len(prompt_ids)
         self.stats.new_tokens += sum(_count_until_stop(row, kwargs["eos_token_id"] + [pad]) for row in new)
