@@ -97,7 +97,8 @@ def test_training_and_reload_in_each_precision(tiny_llama, tmp_path, dtype):
 def test_a_run_that_predicts_in_bf16_predicts_in_fp32_on_a_cpu_without_fast_bf16(tiny_llama, tmp_path, monkeypatch,
                                                                                    caplog):
     """Trained where bf16 is fast (forced here), the run saves predict_dtype bfloat16; loaded on an AVX2-only CPU
-    (forced too) it predicts in fp32 and says so, unless bf16 is asked for at load time."""
+    (forced too) it predicts in fp32 and says so, unless bf16 is asked for at load time. On the CPU also on a
+    CUDA host: the rule is about CPUs."""
     import torch
 
     from tunelab.models.hardware import cpu_has_fast_bf16
@@ -105,17 +106,19 @@ def test_a_run_that_predicts_in_bf16_predicts_in_fp32_on_a_cpu_without_fast_bf16
     monkeypatch.setenv("TUNELAB_CPU_BF16", "1")
     cpu_has_fast_bf16.cache_clear()
     try:
-        result = tunelab.train(_sft_config(tiny_llama, tmp_path / "run", max_steps=2))
+        config = _sft_config(tiny_llama, tmp_path / "run", max_steps=2)
+        config.model.device = "cpu"
+        result = tunelab.train(config)
         assert tunelab.load_config(result.run_dir / "config.yaml").model.predict_dtype == "bfloat16"
-        assert next(tunelab.load(result.run_dir).model.parameters()).dtype == torch.bfloat16
+        assert next(tunelab.load(result.run_dir, device="cpu").model.parameters()).dtype == torch.bfloat16
         monkeypatch.setenv("TUNELAB_CPU_BF16", "0")
         cpu_has_fast_bf16.cache_clear()
         with caplog.at_level("WARNING", logger="tunelab.api"):
-            run = tunelab.load(result.run_dir)
+            run = tunelab.load(result.run_dir, device="cpu")
         assert next(run.model.parameters()).dtype == torch.float32
         assert "no fast bf16" in caplog.text and str(result.run_dir) in caplog.text
         assert len(run.predict(tunelab.held_out_rows(run).iloc[:1])) == 1
-        forced = tunelab.load(result.run_dir, dtype="bfloat16")
+        forced = tunelab.load(result.run_dir, device="cpu", dtype="bfloat16")
         assert next(forced.model.parameters()).dtype == torch.bfloat16
     finally:
         cpu_has_fast_bf16.cache_clear()
