@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import StealMeter, steal_text  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 TRAIN_CSV = DATA / "classification_banking77" / "train.csv"
@@ -142,13 +145,14 @@ def main() -> None:
     results = []
     for name in args.only or SETTINGS:
         cmd = [sys.executable, __file__, "--_one", name, "--train", str(args.train), "--eval", str(args.eval)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        with StealMeter() as steal:
+            out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        results.append({**json.loads(out.stdout.strip().splitlines()[-1]), "host_steal_pct": steal.pct})
         r = results[-1]
         print(f"{name:12s} {r['tokens_per_s']:8.0f} real tok/s  train {r['seconds']:6.1f}s  wall {r['wall_s']:6.1f}s  "
-              f"peak RSS {r['peak_rss_gb']:.2f} GB  accuracy {r['accuracy']:.4f}", flush=True)
+              f"peak RSS {r['peak_rss_gb']:.2f} GB  accuracy {r['accuracy']:.4f}  {steal_text(steal.pct)}", flush=True)
     print(f"CPU flags: {' '.join(cpu_flags()) or 'none of avx2/avx512/bf16/amx'}; {os.cpu_count()} logical cores; "
           f"{args.train} train rows, 1 epoch, batch {BATCH}, max_length {MAX_LENGTH}")
     by = {r["setting"]: r for r in results}

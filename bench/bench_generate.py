@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_speed import DATA  # noqa: E402
+from host import StealMeter, steal_text  # noqa: E402
 
 
 def load_prompts(n: int, tokenizer) -> list[str]:
@@ -66,28 +67,29 @@ def main() -> None:
         """What a user writes first: one prompt at a time, plain generate, fp32."""
         texts, tokens = [], 0
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), StealMeter() as steal:
             for prompt in prompts:
                 enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(hardware.device)
                 new = model.generate(**enc, **kwargs)[0, enc["input_ids"].shape[1]:]
                 tokens += _count_until_stop(new, stops)
                 texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
-        return texts, tokens, time.perf_counter() - start
+        return texts, tokens, time.perf_counter() - start, steal.pct
 
     def engine_run(engine, bucketed: bool = True):
         engine.bucketed_prefill = bucketed
         before = engine.stats.new_tokens
         start = time.perf_counter()
-        texts = engine.generate(prompts)
-        return texts, engine.stats.new_tokens - before, time.perf_counter() - start
+        with StealMeter() as steal:
+            texts = engine.generate(prompts)
+        return texts, engine.stats.new_tokens - before, time.perf_counter() - start, steal.pct
 
     default_threads = torch.get_num_threads()
-    singles, single_tokens, single_s = one_at_a_time()
+    singles, single_tokens, single_s, single_steal = one_at_a_time()
     rows = [("one_at_a_time_fp32", f"one at a time, fp32 generate ({default_threads} thr)", singles, single_tokens,
-             single_s)]
+             single_s, single_steal)]
     engine = GenerationEngine(model, tokenizer, gen_cfg)  # on CPU this calibrates the thread count
     if args.same_threads_baseline and torch.get_num_threads() != default_threads:
-        _, t2, s2 = one_at_a_time()
+        _, t2, s2, _ = one_at_a_time()
         print(f"(one at a time with tunelab's {torch.get_num_threads()} thread(s): {t2 / s2:.1f} tok/s)")
     threads = torch.get_num_threads()
     rows.append(("engine_fp32_one_prefill", f"GenerationEngine fp32, one padded prefill ({threads} thr)",
@@ -112,13 +114,14 @@ def main() -> None:
           f"{len(prompts)} prompts x <= {args.new_tokens} new tokens, greedy")
     print(f"prefill positions: one padded batch {padded_one}, by length {padded_groups}, real {sum(lengths)}")
     results = []
-    for setting, label, texts, tokens, seconds in rows:
+    for setting, label, texts, tokens, seconds, steal in rows:
         same = sum(a == b for a, b in zip(singles, texts))
         print(f"{label:58s} {tokens / seconds:8.1f} tok/s  {tokens / seconds / base:5.2f}x  "
-              f"({tokens} tokens, {seconds:.1f}s; equal to fp32 one-at-a-time: {same}/{len(prompts)})")
+              f"({tokens} tokens, {seconds:.1f}s; equal to fp32 one-at-a-time: {same}/{len(prompts)}; "
+              f"{steal_text(steal)})")
         results.append({"setting": setting, "tokens_per_s": tokens / seconds, "speedup": tokens / seconds / base,
                         "new_tokens": tokens, "seconds": seconds, "equal_outputs": same, "prompts": len(prompts),
-                        "peak_rss_gb": rss, "cpu_flags": cpu_flags()})
+                        "peak_rss_gb": rss, "cpu_flags": cpu_flags(), "host_steal_pct": steal})
     print(f"peak RSS {rss:.2f} GB")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host import StealMeter, steal_text  # noqa: E402
+
 DATA = Path(os.environ.get("TUNELAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # name -> (description, lora?, trainer kind, padding, sampling strategy, autocast bf16?)
@@ -165,10 +168,12 @@ def default_settings() -> list[str]:
 
 def print_table(results: list[dict]) -> None:
     by = {r["setting"]: r for r in results}
-    print(f"\n{'setting':62s} {'real tok/s':>10s} {'peak RSS':>9s} {'eval loss':>9s}")
+    print(f"\n{'setting':62s} {'real tok/s':>10s} {'peak RSS':>9s} {'eval loss':>9s} {'steal':>6s}")
     for r in results:
         compiled = f"  (compile + warm-up {r['compile_s']:.0f} s, not in tok/s)" if r.get("compile_s") else ""
-        print(f"{r['description']:62s} {r['tokens_per_s']:10.1f} {r['peak_rss_gb']:7.2f}GB {r['eval_loss']:9.4f}{compiled}")
+        steal = "n/a" if r.get("host_steal_pct") is None else f"{r['host_steal_pct']:.1f}%"
+        print(f"{r['description']:62s} {r['tokens_per_s']:10.1f} {r['peak_rss_gb']:7.2f}GB {r['eval_loss']:9.4f} "
+              f"{steal:>6s}{compiled}")
     plain = [by[n] for n in ("plain_dynamic", "plain_best", "plain_best_bf16") if n in by]
     if "tunelab" in by:
         t = by["tunelab"]["tokens_per_s"]
@@ -208,14 +213,16 @@ def main() -> None:
     results = []
     for name in args.only or default_settings():
         cmd = [sys.executable, __file__, "--_one", name] + sys.argv[1:]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        with StealMeter() as steal:
+            done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             print(f"{name}: failed\n{done.stderr[-3000:]}")
             continue
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append({**json.loads(done.stdout.strip().splitlines()[-1]), "host_steal_pct": steal.pct})
         r = results[-1]
         print(f"{name:18s} {r['tokens_per_s']:8.1f} real tok/s  {r['seconds']:7.1f}s  RSS {r['peak_rss_gb']:.2f}GB  "
-              f"eval loss {r['eval_loss']:.4f}  {r['threads']} thread(s), {r['dtype']}", flush=True)
+              f"eval loss {r['eval_loss']:.4f}  {r['threads']} thread(s), {r['dtype']}, {steal_text(steal.pct)}",
+              flush=True)
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
