@@ -380,7 +380,7 @@ def test_selective_logits_on_real_smollm2(smollm_tokenizer):
     cfg = ModelConfig(name_or_path="smollm2-135m-instruct", dtype="float32", device="cpu")
     model = load_model(cfg, "causal_lm", detect_hardware(cfg), tokenizer=smollm_tokenizer)
     convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-             for q, a in [("What is 2+2?", "4."), ("Name a colour.", "Blue is a colour I like a lot.")]]
+             for q, a in [("What is 2+2?", "4."), ("Name a colour.", "Blue is a colour I like a lot. " * 8)]]
     examples = [tokenize_rendered(render_conversation(c, smollm_tokenizer), smollm_tokenizer, 128) for c in convs]
     batch = CausalLMCollator(smollm_tokenizer.pad_token_id)(examples)
     with torch.no_grad():
@@ -390,7 +390,16 @@ def test_selective_logits_on_real_smollm2(smollm_tokenizer):
     torch.testing.assert_close(causal_lm_loss(logits, batch["labels"], keep=keep), ref, rtol=2e-4, atol=2e-4)
     # SmolLM2's head is a plain tied Linear: the fused head + loss is taken, with the same loss.
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    backbone, head = _verified_backbone_and_head(model, inputs, keep)
+    widths = []
+    spy = model.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        backbone, head = _verified_backbone_and_head(model, inputs, keep)
+    finally:
+        spy.remove()
+    # The check runs over the columns up to a few labelled positions, not the batch's full width (a causal LM's
+    # logits do not depend on later columns): on a long first batch it cost ~3 s before.
+    first = int(keep.any(0).nonzero()[0])
+    assert widths and max(widths) == first + 16 < batch["input_ids"].shape[1]
     with torch.no_grad():
         hidden = backbone(**inputs).last_hidden_state[keep]
         targets = kept_targets(batch["labels"], keep)

@@ -622,7 +622,17 @@ def _verified_backbone_and_head(model, inputs, keep):
         return None
     backbone, head = parts
     rows = keep.any(1).nonzero().flatten()[:2]  # two rows with labels are enough to compare
-    sample = {k: v[rows] if torch.is_tensor(v) and v.shape[:1] == keep.shape[:1] else v for k, v in inputs.items()}
+    # ... and their first columns up to a few labelled positions: a causal LM's logits at a position do not depend
+    # on later columns, so the check costs a short forward, not two over the batch's full width.
+    width = min(keep.shape[1], int(keep[rows].any(0).nonzero()[0]) + 16)
+    sample = {}
+    for k, v in inputs.items():
+        if torch.is_tensor(v) and v.shape[:1] == keep.shape[:1]:
+            v = v[rows]
+            if v.dim() >= 2 and v.shape[1] == keep.shape[1]:
+                v = v[:, :width]
+        sample[k] = v
+    keep = keep[:, :width]
     was_training = model.training
     model.eval()  # dropout off, so both paths see the same network
     try:
