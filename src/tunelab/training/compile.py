@@ -8,8 +8,9 @@ into a few loops. Measured on a 2-core AVX512-BF16/AMX Xeon, SmolLM2-135M LoRA i
 3.6-4.2 s -> 2.7-3.2 s a step; compiling took 115 s cold and ~35 s from the cache; no gain at 512 tokens
 (attention-bound there). In a whole run it did not pay yet: a run meets 6-7 graph variants (grad on/off, a
 padding mask or none, evaluation), each compiled on first sight, and the bench's 48-example epoch ran no faster
-with the compile time left out (164.5 vs 165.4 real tok/s in one run, 165.1 vs 208.8 in a later one). So it is
-opt-in: `train.compile_blocks: true`.
+with the compile time left out (164.5 vs 165.4 real tok/s in one run, 165.1 vs 208.8 in a later one); on a quiet
+host it ran 261.2 vs 239.0 in steady state, but the 42 s of compile + warm-up outweigh that gain in a 35 s epoch.
+So it is opt-in: `train.compile_blocks: true`.
 
 In place (`nn.Module.compile`): parameter names, state dicts, checkpoints and LoRA saving are unchanged.
 """
