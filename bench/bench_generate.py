@@ -10,6 +10,7 @@ how many completions are identical (batched left-padded decoding may differ in t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import sys
@@ -87,14 +88,19 @@ def main() -> None:
     singles, single_tokens, single_s, single_steal = one_at_a_time()
     rows = [("one_at_a_time_fp32", f"one at a time, fp32 generate ({default_threads} thr)", singles, single_tokens,
              single_s, single_steal)]
-    engine = GenerationEngine(model, tokenizer, gen_cfg)  # on CPU this calibrates the thread count
+    # Engines get their own copies: packing swaps the model's linear layers, and the baseline above stays plain.
+    unpacked = GenerationEngine(copy.deepcopy(model), tokenizer, gen_cfg, pack_weights=False)  # calibrates threads
     if args.same_threads_baseline and torch.get_num_threads() != default_threads:
         _, t2, s2, _ = one_at_a_time()
         print(f"(one at a time with tunelab's {torch.get_num_threads()} thread(s): {t2 / s2:.1f} tok/s)")
     threads = torch.get_num_threads()
-    rows.append(("engine_fp32_one_prefill", f"GenerationEngine fp32, one padded prefill ({threads} thr)",
-                 *engine_run(engine, bucketed=False)))
-    rows.append(("engine_fp32", f"GenerationEngine fp32, prefill by length ({threads} thr)", *engine_run(engine)))
+    rows.append(("engine_fp32_one_prefill", f"GenerationEngine fp32, one padded prefill, unpacked ({threads} thr)",
+                 *engine_run(unpacked, bucketed=False)))
+    rows.append(("engine_fp32_unpacked", f"GenerationEngine fp32, prefill by length, unpacked ({threads} thr)",
+                 *engine_run(unpacked)))
+    del unpacked
+    rows.append(("engine_fp32", f"GenerationEngine fp32, by length + packed weights ({threads} thr)",
+                 *engine_run(GenerationEngine(copy.deepcopy(model), tokenizer, gen_cfg))))
     # What `tunelab predict`/`chat` use for a generative run: model.predict_dtype auto (bf16 on a fast-bf16 CPU).
     auto_cfg = ModelConfig(name_or_path=args.model)
     auto_hw = detect_hardware(auto_cfg)
@@ -102,8 +108,10 @@ def main() -> None:
     if dtype != torch.float32:
         fast = load_model(auto_cfg, "causal_lm", auto_hw, tokenizer=tokenizer, for_training=False, dtype=dtype).eval()
         name = str(dtype).removeprefix("torch.")
+        rows.append((f"engine_{name}_unpacked", f"GenerationEngine {name}, unpacked ({threads} thr)",
+                     *engine_run(GenerationEngine(fast, tokenizer, gen_cfg, pack_weights=False))))
         rows.append((f"engine_{name}", f"GenerationEngine {name} (tunelab default) ({threads} thr)",
-                     *engine_run(GenerationEngine(fast, tokenizer, gen_cfg))))
+                     *engine_run(GenerationEngine(fast, tokenizer, gen_cfg))))  # packs `fast` from here on
 
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     padded_one = max(lengths) * len(lengths)  # one batch when batch_size >= prompts

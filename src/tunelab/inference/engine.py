@@ -46,13 +46,17 @@ class GenerationStats:
 
 
 class GenerationEngine:
-    def __init__(self, model, tokenizer, config: GenerationConfig | None = None):
+    def __init__(self, model, tokenizer, config: GenerationConfig | None = None, pack_weights: bool = True):
+        """`pack_weights` (CPU): give the model's linear layers pre-packed weight copies for decode steps
+        (`tunelab.models.packed_linear`; ~10-40% faster steps, one more copy of the weights in memory, made only
+        while it fits in half the memory still available)."""
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or GenerationConfig()
         self.stats = GenerationStats()
         self.model.eval()
         self.cpu_threads: int | None = None
+        self.packed_layers = 0
         # Prefill prompts in groups of similar length, then decode them as one batch (see prefill_by_length).
         self.bucketed_prefill = True
         if self.device.type == "cpu":
@@ -62,6 +66,12 @@ class GenerationEngine:
 
             self.cpu_threads, _ = choose_cpu_threads()
             torch.set_num_threads(self.cpu_threads)
+            if pack_weights:
+                from tunelab.models.hardware import available_memory_bytes
+                from tunelab.models.packed_linear import pack_linears
+
+                free = available_memory_bytes()
+                self.packed_layers = pack_linears(model, max_bytes=free // 2 if free else None)
 
     def _generate_kwargs(self, **overrides) -> dict:
         c = self.config.model_copy(update={k: v for k, v in overrides.items() if v is not None})

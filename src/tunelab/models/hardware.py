@@ -117,6 +117,16 @@ def peak_rss_bytes() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the OS could still give this process without swapping (Linux `MemAvailable`); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            kib = next((int(line.split()[1]) for line in f if line.startswith("MemAvailable:")), None)
+    except (OSError, ValueError):
+        return None
+    return kib * 1024 if kib is not None else None
+
+
 def cpu_flags() -> list[str]:
     """The CPU features that decide tunelab's speed paths (Linux /proc/cpuinfo; empty elsewhere)."""
     try:

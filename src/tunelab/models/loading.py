@@ -125,9 +125,25 @@ def load_model(config: ModelConfig, head: str, hardware: Hardware, head_kwargs: 
         apply_pooling(model, resolve_pooling(config.pooling, resolved.path))
     if "device_map" not in kwargs:
         model.to(hardware.device)
+    if hardware.device == "cpu" and not config.attn_implementation:
+        _use_tunelab_sdpa(model)
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def _use_tunelab_sdpa(model) -> None:
+    """On CPU, a model that would run transformers' SDPA attention runs `tunelab_sdpa`: the same, except for short
+    bf16 sequences, where a grouped bf16 attention is faster (`tunelab.models.attention`). Models whose code cannot
+    switch attention implementation keep their own."""
+    from tunelab.models.attention import register
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return
+    try:
+        model.set_attn_implementation(register())
+    except (ValueError, ImportError, AttributeError, KeyError) as exc:
+        log.debug("keeping sdpa attention: %s", exc)
 
 
 @contextlib.contextmanager

@@ -13,9 +13,10 @@ Four changes, each measured to pay on CPU (bench/README.md; GPU not yet measured
   (`tunelab_trainer.json`) and a resumed run takes it from there, so both halves run the same path;
 - batches over a padded-token budget run as exact micro-batches (`microbatch.split_by_token_budget`),
   so the longest bucket does not set peak memory.
-- on CPU in bf16 (`attention_kernels`): short batches take torch's math attention kernel (faster there than the
-  fused one; bench/README.md, bf16 CPU section); under mixed precision LoRA layers skip the input cast that
-  autocast undoes (`peft_setup.skip_input_casts_under_autocast`).
+- on CPU in bf16, short batches skip torch's fused attention kernel, slow there: models tunelab loads run
+  `tunelab_sdpa`'s grouped attention (`models.attention`), other SDPA models torch's math kernel
+  (`attention_kernels`); under mixed precision LoRA layers skip the input cast that autocast undoes
+  (`peft_setup.skip_input_casts_under_autocast`).
 Anything else (custom `compute_loss_func`, label smoothing, Liger, metrics that need logits)
 takes transformers' plain path, and so do micro-batches under DeepSpeed, FSDP and context parallelism
 (`micro_batches_off`, said in one line).
@@ -374,7 +375,8 @@ class TunelabTrainer(Trainer):
 
     def attention_kernels(self, inputs):
         """The attention kernels a forward over `inputs` runs with: short bf16 batches on CPU take torch's math
-        kernel, faster there than its fused one (`hardware.attention_kernels`); the compute dtype is bf16 under
+        kernel, faster there than its fused one (`hardware.attention_kernels`; models loaded by tunelab run
+        `tunelab_sdpa`, whose grouped path never reaches SDPA for such batches); the compute dtype is bf16 under
         bf16 autocast or with bf16 weights. The backward follows the forward's choice."""
         ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
         if ids is None or ids.dim() != 2:
