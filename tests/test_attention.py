@@ -61,13 +61,14 @@ class _Layer(torch.nn.Module):
 
 
 @pytest.mark.parametrize("case, grouped", [("short_bf16", True), ("fp32", False), ("decode", False), ("long", False),
-                                           ("dropout", False)])
+                                           ("dropout", False), ("compiling", False)])
 def test_only_short_bf16_cpu_attention_takes_the_grouped_path(monkeypatch, case, grouped):
     calls = []
     monkeypatch.setattr(attention, "grouped_attention", lambda *a: calls.append("grouped") or a[0].transpose(1, 2))
     import transformers.integrations.sdpa_attention as sdpa
 
     monkeypatch.setattr(sdpa, "sdpa_attention_forward", lambda *a, **kw: calls.append("sdpa") or (a[1], None))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: case == "compiling")
     t = {"long": SHORT_ATTENTION, "decode": 1}.get(case, 8)
     dtype = torch.float32 if case == "fp32" else torch.bfloat16
     q = torch.zeros(2, 6, t, 16, dtype=dtype)
