@@ -10,7 +10,8 @@ into a few loops. Measured on a 2-core AVX512-BF16/AMX Xeon, SmolLM2-135M LoRA i
 padding mask or none, evaluation), each compiled on first sight, and the bench's 48-example epoch ran no faster
 with the compile time left out (164.5 vs 165.4 real tok/s in one run, 165.1 vs 208.8 in a later one); on a quiet
 host it ran 261.2 vs 239.0 in steady state, but the 42 s of compile + warm-up outweigh that gain in a 35 s epoch.
-So it is opt-in: `train.compile_blocks: true`.
+Since eager short batches run `tunelab_sdpa`'s grouped attention (`models.attention`; compiled blocks keep SDPA),
+eager ran 257-321 against 255 compiled in steady state. So it is opt-in: `train.compile_blocks: true`.
 
 In place (`nn.Module.compile`): parameter names, state dicts, checkpoints and LoRA saving are unchanged.
 """
