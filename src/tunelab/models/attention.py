@@ -32,7 +32,8 @@ def grouped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     g = h // kv
     if mask is None:
         mask = torch.ones(t, s, dtype=torch.bool, device=query.device).tril(s - t)[None, None]
-    bias = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, torch.finfo(query.dtype).min)
+    bias = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
+    bias.masked_fill_(~mask, torch.finfo(query.dtype).min)
     q = (query * scaling).reshape(b, kv, g * t, d)
     scores = torch.matmul(q, key.transpose(-1, -2)).view(b, kv, g, t, s) + bias.unsqueeze(2)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype).view(b, kv, g * t, s)
@@ -44,8 +45,8 @@ def _grouped_applies(module, query, key, attention_mask, dropout: float, kwargs)
     t = query.shape[2]
     # Under torch.compile (`train.compile_blocks`) the block's graph keeps SDPA: the grouped path's shape checks
     # guard every sequence length (recompiles) and inductor fuses attention's elementwise work itself.
-    return (not torch.compiler.is_compiling() and query.device.type == "cpu" and query.dtype == torch.bfloat16 and key.dtype == torch.bfloat16
-            and t == key.shape[2] and 1 < t < SHORT_ATTENTION and query.shape[1] % key.shape[1] == 0
+    return (not torch.compiler.is_compiling() and query.device.type == "cpu"
+            and query.dtype == torch.bfloat16 and key.dtype == torch.bfloat16 and t == key.shape[2] and 1 < t < SHORT_ATTENTION and query.shape[1] % key.shape[1] == 0
             and (dropout == 0.0 or not module.training) and kwargs.get("softcap") is None
             and kwargs.get("position_bias") is None and kwargs.get("cache") is None
             and (attention_mask is None or attention_mask.dtype == torch.bool))
