@@ -48,7 +48,7 @@ def main() -> None:
     import torch
 
     from tunelab.config.schema import GenerationConfig, ModelConfig
-    from tunelab.inference.engine import GenerationEngine, _count_until_stop, _length_groups
+    from tunelab.inference.engine import GenerationEngine, _count_until_stop, _length_groups, _packs_prompts
     from tunelab.models.hardware import cpu_flags, detect_hardware
     from tunelab.models.loading import load_model, load_tokenizer, predict_dtype
 
@@ -96,10 +96,10 @@ def main() -> None:
     threads = torch.get_num_threads()
     rows.append(("engine_fp32_one_prefill", f"GenerationEngine fp32, one padded prefill, unpacked ({threads} thr)",
                  *engine_run(unpacked, bucketed=False)))
-    rows.append(("engine_fp32_unpacked", f"GenerationEngine fp32, prefill by length, unpacked ({threads} thr)",
+    rows.append(("engine_fp32_unpacked", f"GenerationEngine fp32, prefill w/o padding, unpacked ({threads} thr)",
                  *engine_run(unpacked)))
     del unpacked
-    rows.append(("engine_fp32", f"GenerationEngine fp32, by length + packed weights ({threads} thr)",
+    rows.append(("engine_fp32", f"GenerationEngine fp32, w/o padding + packed weights ({threads} thr)",
                  *engine_run(GenerationEngine(copy.deepcopy(model), tokenizer, gen_cfg))))
     # What `tunelab predict`/`chat` use for a generative run: model.predict_dtype auto (bf16 on a fast-bf16 CPU).
     auto_cfg = ModelConfig(name_or_path=args.model)
@@ -120,7 +120,9 @@ def main() -> None:
     base = single_tokens / single_s
     print(f"{hardware.describe()}; CPU flags: {' '.join(cpu_flags()) or 'none of avx2/avx512/bf16/amx'}; "
           f"{len(prompts)} prompts x <= {args.new_tokens} new tokens, greedy")
-    print(f"prefill positions: one padded batch {padded_one}, by length {padded_groups}, real {sum(lengths)}")
+    route = "packed end to end" if _packs_prompts(model) else "by length groups"
+    print(f"prefill positions: one padded batch {padded_one}, by length groups {padded_groups}, packed end to end "
+          f"{sum(lengths) - len(lengths)} (+ each prompt's last token: real {sum(lengths)}); this model: {route}")
     results = []
     for setting, label, texts, tokens, seconds, steal in rows:
         same = sum(a == b for a, b in zip(singles, texts))

@@ -116,3 +116,34 @@ def test_real_smollm2_trains_the_same_with_tunelab_sdpa(tmp_path, monkeypatch):
     model.set_attn_implementation("tunelab_sdpa")
     model.save_pretrained(tmp_path)
     assert "tunelab" not in (tmp_path / "config.json").read_text() and json.loads((tmp_path / "config.json").read_text())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_segment_attention_attends_each_packed_sequence_alone(dtype):
+    """Sequences packed into one row (a short one, one past SHORT_ATTENTION that takes SDPA, another short one):
+    each position's output is what its own sequence alone gives, through the attention function's dispatch too."""
+    sizes = [5, SHORT_ATTENTION + 20, 17]
+    q, k, v = _qkv(b=1, h=6, kv=2, t=sum(sizes), dtype=dtype)
+    bounds = torch.tensor([0, *torch.tensor(sizes).cumsum(0).tolist()], dtype=torch.int32)
+    out, _ = tunelab_sdpa_forward(_Layer().eval(), q, k, v, None, scaling=16 ** -0.5, cu_seq_lens_q=bounds,
+                                  cu_seq_lens_k=bounds)
+    assert out.shape == (1, sum(sizes), 6, 16)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        alone = _reference(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], None)
+        torch.testing.assert_close(out[:, a:b].float(), alone, **tol)
+    # Without the boundaries it is plain causal attention over the whole row: the later sequences see the first.
+    whole, _ = tunelab_sdpa_forward(_Layer().eval(), q, k, v, None, scaling=16 ** -0.5)
+    assert not torch.allclose(whole[:, sizes[0]:].float(), out[:, sizes[0]:].float(), atol=1e-2)
+
+
+def test_segment_calls_are_counted_only_inside_a_counting_block():
+    q, k, v = _qkv(b=1, t=10)
+    bounds = torch.tensor([0, 4, 10], dtype=torch.int32)
+    with attention.counting_segment_calls() as calls:
+        for _ in range(3):
+            tunelab_sdpa_forward(_Layer().eval(), q, k, v, None, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds)
+        tunelab_sdpa_forward(_Layer().eval(), q, k, v, None)  # not packed: not counted
+        assert calls() == 3
+    tunelab_sdpa_forward(_Layer().eval(), q, k, v, None, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds)
+    assert attention._segment_calls.get() == -1

@@ -74,6 +74,72 @@ def test_server_batches_prefill_by_length_with_the_same_tokens(tiny_llama, smoll
     assert torch.equal(plain, bucketed)
 
 
+def _tunelab_sdpa_tiny(path):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.models.attention import register
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model.set_attn_implementation(register())
+    return model
+
+
+@pytest.mark.parametrize("budget", [4096, 20])
+def test_packed_prefill_caches_what_one_padded_batch_caches(tiny_llama, smollm_tokenizer, monkeypatch, budget):
+    """Models on `tunelab_sdpa` prefill the prompts packed end to end (in several forwards under a small token
+    budget): the cache holds the one-batch prefill's keys and values at every real position, zeros elsewhere, and
+    generation gives the same tokens."""
+    import tunelab.inference.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "PREFILL_TOKENS", budget)
+    model = _tunelab_sdpa_tiny(tiny_llama)
+    prompts = _prompts(smollm_tokenizer)
+    enc = smollm_tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    cache = prefill_by_length(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=6)
+    hook.remove()
+    real_tokens = int(enc["attention_mask"].sum()) - len(prompts)
+    assert all(shape[0] == 1 for shape in forwards) and sum(shape[1] for shape in forwards) == real_tokens
+    assert len(forwards) == 1 if budget == 4096 else (len(forwards) == 3 and max(s[1] for s in forwards) <= budget)
+    width = enc["input_ids"].shape[1]
+    with torch.inference_mode():
+        ids, mask = enc["input_ids"][:, :-1], enc["attention_mask"][:, :-1]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    for layer, ref in zip(cache.layers, out.past_key_values.layers):
+        for mine, theirs in ((layer.keys, ref.keys), (layer.values, ref.values)):
+            mine = mine[:, :, : width - 1]
+            real = mask.bool()[:, None, :, None].expand_as(theirs)
+            torch.testing.assert_close(mine[real], theirs[real], atol=1e-5, rtol=1e-4)
+            assert mine[~real].abs().max() == 0
+    engine = _engine(model, smollm_tokenizer)
+    engine.bucketed_prefill = False
+    plain = engine.generate(prompts)
+    engine.bucketed_prefill = True
+    assert engine.generate(prompts) == plain and all(plain)
+
+
+def test_packed_prefill_falls_back_to_groups_when_a_layer_attends_across_prompts(tiny_llama, smollm_tokenizer,
+                                                                                  monkeypatch):
+    """A model whose layers never see `cu_seq_lens_q` would attend from one prompt into the one before it: the
+    segment count gives it away, and the prompts are prefilled by length groups instead (same cache)."""
+    import tunelab.models.attention as attention
+
+    model = _tunelab_sdpa_tiny(tiny_llama)
+    enc = smollm_tokenizer(_prompts(smollm_tokenizer), return_tensors="pt", padding=True, padding_side="left",
+                           add_special_tokens=False)
+    packed = prefill_by_length(model, enc["input_ids"], enc["attention_mask"])
+    monkeypatch.setattr(attention, "_segments_apply", lambda query, key, kwargs: False)
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(kwargs["input_ids"].shape),
+                                    with_kwargs=True)
+    grouped = prefill_by_length(model, enc["input_ids"], enc["attention_mask"])
+    assert forwards[0][0] == 1 and any(shape[0] > 1 for shape in forwards[1:])  # the packed try, then the groups
+    for a, b in zip(packed.layers, grouped.layers):
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-4)
+
+
 def test_bucketed_prefill_falls_back_for_sliding_window_caches(smollm_tokenizer):
     from transformers import MistralConfig, MistralForCausalLM
 

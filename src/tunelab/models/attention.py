@@ -11,8 +11,15 @@ forward + backward of one SmolLM2 layer (8 x 157 tokens) 27.7 -> 17.2 ms; 7.7 ->
 with the fused kernel at 256 (51.7 vs 48.4 ms), which stays in use from there on. Every other case (decode steps,
 long sequences, fp32, GPUs, dropout, softcapping, blocks under `torch.compile`) is transformers' own
 `sdpa_attention_forward`, unchanged.
+
+Sequences packed end to end in one row (`cu_seq_lens_q`, the varlen keywords of transformers' flash attention) are
+attended one sequence at a time (`segment_attention`): the engine prefills a batch's prompts that way, with no
+padding at all (`tunelab.inference.engine.prefill_by_length`).
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
@@ -41,6 +48,49 @@ def grouped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     return out.transpose(1, 2).contiguous()
 
 
+def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_lens: torch.Tensor,
+                      scaling: float) -> torch.Tensor:
+    """Causal attention within each of the sequences packed into one row: query [1, H, T, D], key/value
+    [1, KV, T, D], `cu_seq_lens` the T-position boundaries [0, n1, n1 + n2, ..., T]. Returns [1, T, H, D], what
+    each sequence alone gives (grouped bf16 attention below `SHORT_ATTENTION` positions, else torch's SDPA)."""
+    outs = []
+    bounds = cu_seq_lens.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and b - a < SHORT_ATTENTION:
+            outs.append(grouped_attention(q, k, v, None, scaling))
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
+                                                                   enable_gqa=q.shape[1] != k.shape[1])
+            outs.append(out.transpose(1, 2))
+    if _segment_calls.get() >= 0:
+        _segment_calls.set(_segment_calls.get() + 1)
+    return torch.cat(outs, 1).contiguous()
+
+
+# How many attention calls took the segment path in the current `counting_segment_calls` block (-1 outside one).
+_segment_calls: ContextVar[int] = ContextVar("tunelab_segment_calls", default=-1)
+
+
+@contextmanager
+def counting_segment_calls():
+    """Yields a function giving how many attention layers attended packed sequences one by one inside the block:
+    a caller that packs sequences checks that every layer did (a model that does not pass `cu_seq_lens_q` on to its
+    attention would have attended across sequences)."""
+    token = _segment_calls.set(0)
+    try:
+        yield _segment_calls.get
+    finally:
+        _segment_calls.reset(token)
+
+
+def _segments_apply(query, key, kwargs) -> bool:
+    return (kwargs.get("cu_seq_lens_q") is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
+            and kwargs.get("cu_seq_lens_k") is not None and torch.equal(kwargs["cu_seq_lens_q"], kwargs["cu_seq_lens_k"])
+            and kwargs.get("softcap") is None and kwargs.get("position_bias") is None and kwargs.get("cache") is None
+            and not torch.compiler.is_compiling())
+
+
 def _grouped_applies(module, query, key, attention_mask, dropout: float, kwargs) -> bool:
     t = query.shape[2]
     # Under torch.compile (`train.compile_blocks`) the block's graph keeps SDPA: the grouped path's shape checks
@@ -56,9 +106,11 @@ def tunelab_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torc
                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                          is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if causal and (dropout == 0.0 or not module.training) and _segments_apply(query, key, kwargs):
+        return segment_attention(query, key, value, kwargs["cu_seq_lens_q"], scale), None
     if (attention_mask is not None or causal) and _grouped_applies(module, query, key, attention_mask, dropout, kwargs):
-        return grouped_attention(query, key, value, attention_mask,
-                                 scaling if scaling is not None else query.shape[-1] ** -0.5), None
+        return grouped_attention(query, key, value, attention_mask, scale), None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
