@@ -85,8 +85,9 @@ def counting_segment_calls():
 
 
 def _segments_apply(query, key, kwargs) -> bool:
-    return (kwargs.get("cu_seq_lens_q") is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
-            and kwargs.get("cu_seq_lens_k") is not None and torch.equal(kwargs["cu_seq_lens_q"], kwargs["cu_seq_lens_k"])
+    q_bounds, k_bounds = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    return (q_bounds is not None and k_bounds is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
+            and torch.equal(q_bounds, k_bounds)
             and kwargs.get("softcap") is None and kwargs.get("position_bias") is None and kwargs.get("cache") is None
             and not torch.compiler.is_compiling())
 
