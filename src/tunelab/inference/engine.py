@@ -417,7 +417,7 @@ def prefill_by_length(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         groups = _length_groups(lengths)
         if len(groups) == 1:
             return None
-        layers = _prefill_groups(model, input_ids, attention_mask, groups)
+        layers = _prefill_groups(model, input_ids, attention_mask, lengths, groups)
     merged = DynamicCache(config=model.config)
     if max_new_tokens:
         static = StaticCache(config=model.config, max_cache_len=input_ids.shape[1] - 1 + max_new_tokens)
@@ -446,10 +446,13 @@ def _prefill_packed(model, input_ids: torch.Tensor,
 
     rows, width = input_ids.shape
     chunks: list[list[int]] = [[]]
+    tokens = 0  # in the last chunk
     for r in range(rows):
-        if chunks[-1] and sum(lengths[i] - 1 for i in chunks[-1]) + lengths[r] - 1 > PREFILL_TOKENS:
+        if chunks[-1] and tokens + lengths[r] - 1 > PREFILL_TOKENS:
             chunks.append([])
+            tokens = 0
         chunks[-1].append(r)
+        tokens += lengths[r] - 1
     padded: list[tuple[torch.Tensor, torch.Tensor]] = []
     for chunk in chunks:
         sizes = [lengths[r] - 1 for r in chunk]
@@ -476,13 +479,12 @@ def _prefill_packed(model, input_ids: torch.Tensor,
     return padded
 
 
-def _prefill_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def _prefill_groups(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: list[int],
                     groups: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the left-padded keys and values of each row's prompt but its last token, from one left-padded
     forward per group of rows of similar length."""
     from transformers import DynamicCache
 
-    lengths = attention_mask.sum(1).tolist()
     width = input_ids.shape[1]
     parts = []
     for rows in groups:

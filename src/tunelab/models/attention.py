@@ -57,7 +57,7 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     bounds = cu_seq_lens.tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
         q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and b - a < SHORT_ATTENTION:
+        if _grouped_is_faster(q, k, b - a):
             outs.append(grouped_attention(q, k, v, None, scaling))
         else:
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
@@ -84,22 +84,29 @@ def counting_segment_calls():
         _segment_calls.reset(token)
 
 
+def _grouped_is_faster(query, key, positions: int) -> bool:
+    """Where the grouped path beats torch's kernels: bf16 on CPU over fewer than `SHORT_ATTENTION` positions."""
+    # Under torch.compile (`train.compile_blocks`) the block's graph keeps SDPA: the grouped path's shape checks
+    # guard every sequence length (recompiles) and inductor fuses attention's elementwise work itself.
+    return (not torch.compiler.is_compiling() and query.device.type == "cpu" and query.dtype == torch.bfloat16
+            and key.dtype == torch.bfloat16 and positions < SHORT_ATTENTION and query.shape[1] % key.shape[1] == 0)
+
+
+def _plain_call(module, dropout: float, kwargs) -> bool:
+    """No dropout at work and no softcap, position bias or paged cache: the attention both tunelab paths compute."""
+    return ((dropout == 0.0 or not module.training) and kwargs.get("softcap") is None
+            and kwargs.get("position_bias") is None and kwargs.get("cache") is None)
+
+
 def _segments_apply(query, key, kwargs) -> bool:
     q_bounds, k_bounds = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
     return (q_bounds is not None and k_bounds is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
-            and torch.equal(q_bounds, k_bounds)
-            and kwargs.get("softcap") is None and kwargs.get("position_bias") is None and kwargs.get("cache") is None
-            and not torch.compiler.is_compiling())
+            and torch.equal(q_bounds, k_bounds) and not torch.compiler.is_compiling())
 
 
-def _grouped_applies(module, query, key, attention_mask, dropout: float, kwargs) -> bool:
+def _grouped_applies(query, key, attention_mask) -> bool:
     t = query.shape[2]
-    # Under torch.compile (`train.compile_blocks`) the block's graph keeps SDPA: the grouped path's shape checks
-    # guard every sequence length (recompiles) and inductor fuses attention's elementwise work itself.
-    return (not torch.compiler.is_compiling() and query.device.type == "cpu"
-            and query.dtype == torch.bfloat16 and key.dtype == torch.bfloat16 and t == key.shape[2] and 1 < t < SHORT_ATTENTION and query.shape[1] % key.shape[1] == 0
-            and (dropout == 0.0 or not module.training) and kwargs.get("softcap") is None
-            and kwargs.get("position_bias") is None and kwargs.get("cache") is None
+    return (t == key.shape[2] and 1 < t and _grouped_is_faster(query, key, t)
             and (attention_mask is None or attention_mask.dtype == torch.bool))
 
 
@@ -108,9 +115,10 @@ def tunelab_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torc
                          is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if causal and (dropout == 0.0 or not module.training) and _segments_apply(query, key, kwargs):
+    plain = _plain_call(module, dropout, kwargs)
+    if causal and plain and _segments_apply(query, key, kwargs):
         return segment_attention(query, key, value, kwargs["cu_seq_lens_q"], scale), None
-    if (attention_mask is not None or causal) and _grouped_applies(module, query, key, attention_mask, dropout, kwargs):
+    if (attention_mask is not None or causal) and plain and _grouped_applies(query, key, attention_mask):
         return grouped_attention(query, key, value, attention_mask, scale), None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
