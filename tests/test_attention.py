@@ -147,3 +147,54 @@ def test_segment_calls_are_counted_only_inside_a_counting_block():
         assert calls() == 3
     tunelab_sdpa_forward(_Layer().eval(), q, k, v, None, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds)
     assert attention._segment_calls.get() == -1
+
+
+def _decode_mask(starts, written, width):
+    """A decode step's mask over a static cache of `width` slots: row r attends slots [starts[r], written)."""
+    slots = torch.arange(width)
+    return ((slots[None] >= torch.tensor(starts)[:, None]) & (slots[None] < written))[:, None, None, :]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_reads_only_attended_slots_and_equals_sdpa(dtype):
+    """Rows left-padded by very different amounts over a static cache half written: the plan splits the rows
+    into runs that skip their padding and the unwritten tail, and the result is SDPA's over the whole cache."""
+    starts, written, width = [0, 0, 2, 60, 61, 64, 150, 155], 200, 260
+    q, _, _ = _qkv(b=8, h=6, kv=2, t=1, dtype=dtype)
+    _, k, v = _qkv(b=8, h=6, kv=2, t=width, dtype=dtype, seed=1)
+    mask = _decode_mask(starts, written, width)
+    plan = attention.decode_plan(mask)
+    assert [(r0, r1) for r0, r1, _, _ in plan] == [(0, 3), (3, 6), (6, 8)]  # runs of similar padding
+    assert all(s1 == written and s0 == min(starts[r0:r1]) for r0, r1, s0, s1 in plan)
+    with torch.no_grad():
+        out, _ = tunelab_sdpa_forward(_Layer().eval(), q, k, v, mask, scaling=16 ** -0.5)
+    assert out.shape == (8, 1, 6, 16)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.float(), _reference(q.detach(), k.detach(), v.detach(), mask), **tol)
+
+
+def test_decode_plan_keeps_one_call_when_rows_are_alike_and_is_remade_for_each_mask():
+    """Similar padding: one call, cut only at the unwritten tail. The plan is kept per mask object: a new mask
+    (as each decode step makes, maybe in the memory of the last one) gets its own plan, never the last one's."""
+    alike = _decode_mask([0, 1, 2, 3], 50, 80)
+    assert attention.decode_plan(alike) == [(0, 4, 0, 50)]
+    assert attention.decode_plan(alike) is attention.decode_plan(alike)
+    del alike
+    later = _decode_mask([0, 1, 2, 3], 51, 80)
+    assert attention.decode_plan(later) == [(0, 4, 0, 51)]
+    assert attention.decode_plan(_decode_mask([0, 1, 2, 3], 52, 80)) == [(0, 4, 0, 52)]
+
+
+def test_decode_steps_without_a_boolean_batch_mask_go_to_sdpa(monkeypatch):
+    """No mask (one unpadded row), a float mask, or a mask broadcast over the batch: transformers' SDPA as before."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    calls = []
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", lambda *a, **kw: calls.append("sdpa") or (a[1], None))
+    monkeypatch.setattr(attention, "decode_attention", lambda *a: calls.append("decode") or a[0].transpose(1, 2))
+    q = torch.zeros(2, 6, 1, 16)
+    k = v = torch.zeros(2, 2, 10, 16)
+    for mask in (None, torch.zeros(2, 1, 1, 10), torch.ones(1, 1, 1, 10, dtype=torch.bool),
+                 torch.ones(2, 1, 1, 10, dtype=torch.bool)):
+        tunelab_sdpa_forward(_Layer().eval(), q, k, v, mask)
+    assert calls == ["sdpa", "sdpa", "sdpa", "decode"]

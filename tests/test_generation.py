@@ -168,6 +168,13 @@ def test_bucketed_prefill_on_real_smollm2_keeps_greedy_outputs():
     plain = engine.generate(prompts)
     engine.bucketed_prefill = True
     assert engine.generate(prompts) == plain
+    # Decode steps attend only over the slots their rows attend (`decode_attention`); transformers' own SDPA reads
+    # the whole padded cache. Same greedy replies in fp32.
+    longer = GenerationConfig(max_new_tokens=24, do_sample=False, repetition_penalty=1.0, batch_size=8)
+    assert model.config._attn_implementation == "tunelab_sdpa"
+    ours = GenerationEngine(model, tokenizer, longer).generate(prompts)
+    model.set_attn_implementation("sdpa")
+    assert GenerationEngine(model, tokenizer, longer).generate(prompts) == ours
 
 
 def _hardware(dtype, device="cpu"):

@@ -1,23 +1,26 @@
-"""`tunelab_sdpa`: transformers' SDPA attention, with a grouped bf16 path for short sequences on CPU.
+"""`tunelab_sdpa`: transformers' SDPA attention, with faster CPU paths for three cases.
 
 Registered with transformers' `AttentionInterface` (and its mask interface, as SDPA's boolean masks) and chosen at
-load time for CPU models that would use "sdpa" (`models.loading`). It changes only one case: bf16 queries on CPU
-over a whole short sequence (training and evaluation forwards, a prompt's prefill; fewer than `SHORT_ATTENTION`
-positions). There torch's fused CPU kernel is slow (forward + backward 2x its math kernel at 157 positions) and
-its math kernel, reached through transformers' `repeat_kv`, copies every key/value head per query head and works
-in fp32. The grouped path multiplies each key/value head with all of its query heads at once (no repeat), in bf16
-with fp32 accumulation inside the matmul and an fp32 softmax, as the fused kernel does for long sequences:
-forward + backward of one SmolLM2 layer (8 x 157 tokens) 27.7 -> 17.2 ms; 7.7 -> 5.3 ms at 64 positions; even
-with the fused kernel at 256 (51.7 vs 48.4 ms), which stays in use from there on. Every other case (decode steps,
-long sequences, fp32, GPUs, dropout, softcapping, blocks under `torch.compile`) is transformers' own
-`sdpa_attention_forward`, unchanged.
+load time for CPU models that would use "sdpa" (`models.loading`). Every other case (long sequences, fp32 training,
+GPUs, dropout, softcapping, blocks under `torch.compile`) is transformers' own `sdpa_attention_forward`, unchanged.
 
-Sequences packed end to end in one row (`cu_seq_lens_q`, the varlen keywords of transformers' flash attention) are
-attended one sequence at a time (`segment_attention`): the engine prefills a batch's prompts that way, with no
-padding at all (`tunelab.inference.engine.prefill_by_length`).
+- **Short bf16 sequences** (training and evaluation forwards, fewer than `SHORT_ATTENTION` positions): torch's fused
+  CPU kernel is slow there (forward + backward 2x its math kernel at 157 positions) and its math kernel, reached
+  through transformers' `repeat_kv`, copies every key/value head per query head and works in fp32. The grouped path
+  multiplies each key/value head with all of its query heads at once (no repeat), in bf16 with fp32 accumulation
+  inside the matmul and an fp32 softmax, as the fused kernel does for long sequences: forward + backward of one
+  SmolLM2 layer (8 x 157 tokens) 27.7 -> 17.2 ms; 7.7 -> 5.3 ms at 64 positions; even with the fused kernel at 256
+  (51.7 vs 48.4 ms), which stays in use from there on.
+- **Decode steps** (one query position per row, any dtype) attend only over the cache slots their rows attend
+  (`decode_attention`): the slots of a batch's left padding and, in a static cache, those not written yet were read
+  at every layer and step all the same, though masked (exact, since a masked slot adds nothing).
+- **Sequences packed end to end in one row** (`cu_seq_lens_q`, the varlen keywords of transformers' flash
+  attention) are attended one sequence at a time (`segment_attention`): the engine prefills a batch's prompts that
+  way, with no padding at all (`tunelab.inference.engine.prefill_by_length`).
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -110,6 +113,78 @@ def _grouped_applies(query, key, attention_mask) -> bool:
             and (attention_mask is None or attention_mask.dtype == torch.bool))
 
 
+CALL_COST_SLOTS = 160
+"""What one more attention call costs, in row x key-slot units (~15 us against ~0.09 us a slot for a bf16 decode
+step of SmolLM2 on a 2-core Xeon): `decode_plan` splits rows off only where that saves more slots than this."""
+
+# The last decode mask seen and its plan: the 30-odd layers of a step share one mask.
+_last_plan: tuple[weakref.ref, list[tuple[int, int, int, int]]] | None = None
+
+
+def decode_plan(mask: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """How a decode step attends, for its boolean mask [B, 1, 1, S] (True attends): runs of rows
+    `(first row, end row, first slot, end slot)` whose slots cover every slot those rows attend.
+
+    A batch's cache is as wide as its longest prompt (left padding) plus the whole generation (a static cache),
+    and every row used to read all of it at every layer and step: on the 16-prompt bench half the slots read were
+    padding or not yet written. Masked slots add nothing to attention, so cutting them off is exact; rows are
+    split into runs (in batch order, longest prompt first as the engine sorts them) only where a run's own first
+    slot saves more than a call costs (`CALL_COST_SLOTS`). Planned once per mask object: a weak reference tells a
+    step's shared mask from the next step's, even when that one reuses its memory."""
+    global _last_plan
+    memo = _last_plan
+    if memo is not None and memo[0]() is mask:
+        return memo[1]
+    rows = mask.reshape(mask.shape[0], -1)  # [B, S]: one query position, one mask for all heads
+    width = rows.shape[1]
+    attends = rows.any(1)
+    first = torch.where(attends, rows.int().argmax(1), width).tolist()
+    last = torch.where(attends, width - rows.flip(1).int().argmax(1), 0).tolist()
+    end = max(last) or width
+    # best[i]: the cheapest cost of rows [0, i); runs are contiguous, so an O(B^2) pass finds the best split.
+    b = len(first)
+    best, cut = [0.0] + [float("inf")] * b, [0] * (b + 1)
+    for j in range(1, b + 1):
+        lo = width
+        for i in range(j - 1, -1, -1):
+            lo = min(lo, first[i])
+            cost = best[i] + (j - i) * (end - min(lo, end)) + CALL_COST_SLOTS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    plan, j = [], b
+    while j > 0:
+        i = cut[j]
+        plan.append((i, j, min(min(first[i:j]), end - 1), end))
+        j = i
+    plan.reverse()
+    _last_plan = (weakref.ref(mask), plan)
+    return plan
+
+
+def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                     scaling: float) -> torch.Tensor:
+    """One decode step's attention (query [B, H, 1, D] over key/value [B, KV, S, D], boolean `mask` [B, 1, 1, S])
+    over the slots `decode_plan` keeps, each run of rows one SDPA call with its query heads packed per key/value
+    head (transformers' `pack_gqa`: no repeated keys). Returns [B, 1, H, D]."""
+    b, h, _, d = query.shape
+    kv = key.shape[1]
+    packed = query.reshape(b, kv, h // kv, d)
+    outs = [torch.nn.functional.scaled_dot_product_attention(
+        packed[r0:r1], key[r0:r1, :, s0:s1], value[r0:r1, :, s0:s1], attn_mask=mask[r0:r1, ..., s0:s1], scale=scaling)
+        for r0, r1, s0, s1 in decode_plan(mask)]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out.reshape(b, 1, h, d)
+
+
+def _decode_applies(query, key, attention_mask) -> bool:
+    """A CPU decode step over a boolean-masked cache (the engine's static cache): what `decode_attention` serves."""
+    return (query.shape[2] == 1 and query.device.type == "cpu" and attention_mask is not None
+            and attention_mask.dtype == torch.bool and attention_mask.dim() == 4 and attention_mask.shape[1] == 1
+            and attention_mask.shape[2] == 1 and attention_mask.shape[0] == query.shape[0]
+            and attention_mask.shape[-1] == key.shape[2] and query.shape[1] % key.shape[1] == 0
+            and not torch.compiler.is_compiling())
+
+
 def tunelab_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                          is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
@@ -120,6 +195,8 @@ def tunelab_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torc
         return segment_attention(query, key, value, kwargs["cu_seq_lens_q"], scale), None
     if (attention_mask is not None or causal) and plain and _grouped_applies(query, key, attention_mask):
         return grouped_attention(query, key, value, attention_mask, scale), None
+    if causal and plain and _decode_applies(query, key, attention_mask):
+        return decode_attention(query, key, value, attention_mask, scale), None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
