@@ -61,8 +61,10 @@ class _Layer(torch.nn.Module):
 
 
 @pytest.mark.parametrize("case, grouped", [("short_bf16", True), ("fp32", False), ("decode", False), ("long", False),
-                                           ("dropout", False), ("compiling", False)])
+                                           ("dropout", False), ("compiling", False), ("no_backward", False)])
 def test_only_short_bf16_cpu_attention_takes_the_grouped_path(monkeypatch, case, grouped):
+    """... in a forward a backward will follow (training): forward only (evaluation, prefill), torch's fused
+    kernel is the faster one."""
     calls = []
     monkeypatch.setattr(attention, "grouped_attention", lambda *a: calls.append("grouped") or a[0].transpose(1, 2))
     import transformers.integrations.sdpa_attention as sdpa
@@ -71,14 +73,13 @@ def test_only_short_bf16_cpu_attention_takes_the_grouped_path(monkeypatch, case,
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: case == "compiling")
     t = {"long": SHORT_ATTENTION, "decode": 1}.get(case, 8)
     dtype = torch.float32 if case == "fp32" else torch.bfloat16
-    q = torch.zeros(2, 6, t, 16, dtype=dtype)
+    q = torch.zeros(2, 6, t, 16, dtype=dtype, requires_grad=case != "no_backward")
     k = v = torch.zeros(2, 2, max(t, 8), 16, dtype=dtype)
     layer = _Layer().train()
     tunelab_sdpa_forward(layer, q, k, v, None, dropout=0.1 if case == "dropout" else 0.0)
     assert calls == ["grouped" if grouped else "sdpa"]
 
 
-@pytest.mark.e2e
 def test_real_smollm2_trains_the_same_with_tunelab_sdpa(tmp_path, monkeypatch):
     """SmolLM2 in bf16 (forced: emulated on a CPU without bf16, slow but correct): loss and gradients of a padded
     batch with `tunelab_sdpa` (the grouped path) against transformers' own SDPA; the saved config names neither."""
@@ -156,9 +157,10 @@ def _decode_mask(starts, written, width):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_attention_reads_only_attended_slots_and_equals_sdpa(dtype):
+def test_decode_attention_reads_only_attended_slots_and_equals_sdpa(dtype, monkeypatch):
     """Rows left-padded by very different amounts over a static cache half written: the plan splits the rows
     into runs that skip their padding and the unwritten tail, and the result is SDPA's over the whole cache."""
+    monkeypatch.setattr(attention, "CALL_COST_SLOTS", 160)  # a run pays off at a smaller gap than a real call's
     starts, written, width = [0, 0, 2, 60, 61, 64, 150, 155], 200, 260
     q, _, _ = _qkv(b=8, h=6, kv=2, t=1, dtype=dtype)
     _, k, v = _qkv(b=8, h=6, kv=2, t=width, dtype=dtype, seed=1)
@@ -183,6 +185,10 @@ def test_decode_plan_keeps_one_call_when_rows_are_alike_and_is_remade_for_each_m
     later = _decode_mask([0, 1, 2, 3], 51, 80)
     assert attention.decode_plan(later) == [(0, 4, 0, 51)]
     assert attention.decode_plan(_decode_mask([0, 1, 2, 3], 52, 80)) == [(0, 4, 0, 52)]
+    # Past PLAN_ROWS rows the search is skipped: one run, still cut at the last written slot.
+    many = attention.PLAN_ROWS + 1
+    assert attention.decode_plan(_decode_mask([0] * (many // 2) + [70] * (many - many // 2), 75, 80)) == \
+        [(0, many, 0, 75)]
 
 
 def test_decode_steps_without_a_boolean_batch_mask_go_to_sdpa(monkeypatch):

@@ -4,13 +4,14 @@ Registered with transformers' `AttentionInterface` (and its mask interface, as S
 load time for CPU models that would use "sdpa" (`models.loading`). Every other case (long sequences, fp32 training,
 GPUs, dropout, softcapping, blocks under `torch.compile`) is transformers' own `sdpa_attention_forward`, unchanged.
 
-- **Short bf16 sequences** (training and evaluation forwards, fewer than `SHORT_ATTENTION` positions): torch's fused
-  CPU kernel is slow there (forward + backward 2x its math kernel at 157 positions) and its math kernel, reached
-  through transformers' `repeat_kv`, copies every key/value head per query head and works in fp32. The grouped path
-  multiplies each key/value head with all of its query heads at once (no repeat), in bf16 with fp32 accumulation
-  inside the matmul and an fp32 softmax, as the fused kernel does for long sequences: forward + backward of one
-  SmolLM2 layer (8 x 157 tokens) 27.7 -> 17.2 ms; 7.7 -> 5.3 ms at 64 positions; even with the fused kernel at 256
-  (51.7 vs 48.4 ms), which stays in use from there on.
+- **Short bf16 sequences in training** (forwards a backward follows, fewer than `SHORT_ATTENTION` positions):
+  torch's fused CPU kernel is slow there (forward + backward 2x its math kernel at 157 positions) and its math
+  kernel, reached through transformers' `repeat_kv`, copies every key/value head per query head and works in fp32.
+  The grouped path multiplies each key/value head with all of its query heads at once (no repeat), in bf16 with
+  fp32 accumulation inside the matmul and an fp32 softmax, as the fused kernel does for long sequences: forward +
+  backward of one SmolLM2 layer (8 x 157 tokens) 27.7 -> 17.2 ms; 7.7 -> 5.3 ms at 64 positions; even with the
+  fused kernel at 256 (51.7 vs 48.4 ms), which stays in use from there on. Forward only (evaluation, prefill) the
+  fused kernel is 2.5-4x faster than the grouped path and is used.
 - **Decode steps** (one query position per row, any dtype) attend only over the cache slots their rows attend
   (`decode_attention`): the slots of a batch's left padding and, in a static cache, those not written yet were read
   at every layer and step all the same, though masked (exact, since a masked slot adds nothing).
@@ -55,12 +56,12 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
                       scaling: float) -> torch.Tensor:
     """Causal attention within each of the sequences packed into one row: query [1, H, T, D], key/value
     [1, KV, T, D], `cu_seq_lens` the T-position boundaries [0, n1, n1 + n2, ..., T]. Returns [1, T, H, D], what
-    each sequence alone gives (grouped bf16 attention below `SHORT_ATTENTION` positions, else torch's SDPA)."""
+    each sequence alone gives (grouped bf16 attention where `_grouped_is_faster`, else torch's SDPA)."""
     outs = []
     bounds = cu_seq_lens.tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
         q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
-        if _grouped_is_faster(q, k, b - a):
+        if _grouped_is_faster(q, k, v, b - a):
             outs.append(grouped_attention(q, k, v, None, scaling))
         else:
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
@@ -87,12 +88,17 @@ def counting_segment_calls():
         _segment_calls.reset(token)
 
 
-def _grouped_is_faster(query, key, positions: int) -> bool:
-    """Where the grouped path beats torch's kernels: bf16 on CPU over fewer than `SHORT_ATTENTION` positions."""
+def _grouped_is_faster(query, key, value, positions: int) -> bool:
+    """Where the grouped path beats torch's kernels: bf16 on CPU over fewer than `SHORT_ATTENTION` positions, in a
+    forward that a backward will follow."""
     # Under torch.compile (`train.compile_blocks`) the block's graph keeps SDPA: the grouped path's shape checks
     # guard every sequence length (recompiles) and inductor fuses attention's elementwise work itself.
-    return (not torch.compiler.is_compiling() and query.device.type == "cpu" and query.dtype == torch.bfloat16
-            and key.dtype == torch.bfloat16 and positions < SHORT_ATTENTION and query.shape[1] % key.shape[1] == 0)
+    # Without a backward (evaluation, a prompt's prefill) the fused kernel is the faster one: forward only, one
+    # prompt of 9/3 heads, bf16, 2-core Xeon: 30 positions 76 vs 265 us, 90: 166 vs 406, 250: 547 vs 2,014.
+    backward = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    return (backward and not torch.compiler.is_compiling() and query.device.type == "cpu"
+            and query.dtype == torch.bfloat16 and key.dtype == torch.bfloat16 and positions < SHORT_ATTENTION
+            and query.shape[1] % key.shape[1] == 0)
 
 
 def _plain_call(module, dropout: float, kwargs) -> bool:
@@ -107,15 +113,18 @@ def _segments_apply(query, key, kwargs) -> bool:
             and torch.equal(q_bounds, k_bounds) and not torch.compiler.is_compiling())
 
 
-def _grouped_applies(query, key, attention_mask) -> bool:
+def _grouped_applies(query, key, value, attention_mask) -> bool:
     t = query.shape[2]
-    return (t == key.shape[2] and 1 < t and _grouped_is_faster(query, key, t)
+    return (t == key.shape[2] and 1 < t and _grouped_is_faster(query, key, value, t)
             and (attention_mask is None or attention_mask.dtype == torch.bool))
 
 
-CALL_COST_SLOTS = 160
-"""What one more attention call costs, in row x key-slot units (~15 us against ~0.09 us a slot for a bf16 decode
-step of SmolLM2 on a 2-core Xeon): `decode_plan` splits rows off only where that saves more slots than this."""
+CALL_COST_SLOTS = 600
+"""What one more attention call costs, in row x key-slot units: a bf16 decode call of SmolLM2 on a 2-core Xeon took
+~70 us plus ~0.12 us a row and slot (4-16 rows x 16-244 slots, keys streaming from memory as in a model).
+`decode_plan` splits rows off only where that saves more slots than this."""
+
+PLAN_ROWS = 64
 
 # The last decode mask seen and its plan: the 30-odd layers of a step share one mask.
 _last_plan: tuple[weakref.ref, list[tuple[int, int, int, int]]] | None = None
@@ -141,24 +150,29 @@ def decode_plan(mask: torch.Tensor) -> list[tuple[int, int, int, int]]:
     first = torch.where(attends, rows.int().argmax(1), width).tolist()
     last = torch.where(attends, width - rows.flip(1).int().argmax(1), 0).tolist()
     end = max(last) or width
-    # best[i]: the cheapest cost of rows [0, i); runs are contiguous, so an O(B^2) pass finds the best split.
+    b = len(first)
+    cuts = _cheapest_runs(first, end) if b <= PLAN_ROWS else [0, b]  # past PLAN_ROWS the search costs too much
+    plan = [(i, j, min(min(first[i:j]), end - 1), end) for i, j in zip(cuts[:-1], cuts[1:])]
+    _last_plan = (weakref.ref(mask), plan)
+    return plan
+
+
+def _cheapest_runs(first: list[int], end: int) -> list[int]:
+    """Row boundaries [0, ..., B] of the runs that read the fewest slots, `CALL_COST_SLOTS` counted per run: runs
+    are contiguous, so one O(B^2) pass over "the best cost of rows [0, j)" finds them."""
     b = len(first)
     best, cut = [0.0] + [float("inf")] * b, [0] * (b + 1)
     for j in range(1, b + 1):
-        lo = width
+        lo = end
         for i in range(j - 1, -1, -1):
             lo = min(lo, first[i])
-            cost = best[i] + (j - i) * (end - min(lo, end)) + CALL_COST_SLOTS
+            cost = best[i] + (j - i) * (end - lo) + CALL_COST_SLOTS
             if cost < best[j]:
                 best[j], cut[j] = cost, i
-    plan, j = [], b
-    while j > 0:
-        i = cut[j]
-        plan.append((i, j, min(min(first[i:j]), end - 1), end))
-        j = i
-    plan.reverse()
-    _last_plan = (weakref.ref(mask), plan)
-    return plan
+    cuts = [b]
+    while cuts[-1] > 0:
+        cuts.append(cut[cuts[-1]])
+    return cuts[::-1]
 
 
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
@@ -193,7 +207,7 @@ def tunelab_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torc
     plain = _plain_call(module, dropout, kwargs)
     if causal and plain and _segments_apply(query, key, kwargs):
         return segment_attention(query, key, value, kwargs["cu_seq_lens_q"], scale), None
-    if (attention_mask is not None or causal) and plain and _grouped_applies(query, key, attention_mask):
+    if (attention_mask is not None or causal) and plain and _grouped_applies(query, key, value, attention_mask):
         return grouped_attention(query, key, value, attention_mask, scale), None
     if causal and plain and _decode_applies(query, key, attention_mask):
         return decode_attention(query, key, value, attention_mask, scale), None
