@@ -61,10 +61,11 @@ class _Layer(torch.nn.Module):
 
 
 @pytest.mark.parametrize("case, grouped", [("short_bf16", True), ("fp32", False), ("decode", False), ("long", False),
-                                           ("dropout", False), ("compiling", False), ("no_backward", False)])
+                                           ("dropout", False), ("compiling", False), ("inference", False),
+                                           ("evaluation", True)])
 def test_only_short_bf16_cpu_attention_takes_the_grouped_path(monkeypatch, case, grouped):
-    """... in a forward a backward will follow (training): forward only (evaluation, prefill), torch's fused
-    kernel is the faster one."""
+    """... outside inference mode: in it (the engine's prefill) torch's fused kernel is the faster one, forward
+    only. Evaluation (eval mode, no grad) keeps the grouped path, so its losses are the training forward's."""
     calls = []
     monkeypatch.setattr(attention, "grouped_attention", lambda *a: calls.append("grouped") or a[0].transpose(1, 2))
     import transformers.integrations.sdpa_attention as sdpa
@@ -73,10 +74,11 @@ def test_only_short_bf16_cpu_attention_takes_the_grouped_path(monkeypatch, case,
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: case == "compiling")
     t = {"long": SHORT_ATTENTION, "decode": 1}.get(case, 8)
     dtype = torch.float32 if case == "fp32" else torch.bfloat16
-    q = torch.zeros(2, 6, t, 16, dtype=dtype, requires_grad=case != "no_backward")
+    q = torch.zeros(2, 6, t, 16, dtype=dtype)
     k = v = torch.zeros(2, 2, max(t, 8), 16, dtype=dtype)
-    layer = _Layer().train()
-    tunelab_sdpa_forward(layer, q, k, v, None, dropout=0.1 if case == "dropout" else 0.0)
+    layer = _Layer().train(case != "evaluation")
+    with torch.inference_mode(case == "inference"), torch.set_grad_enabled(case != "evaluation"):
+        tunelab_sdpa_forward(layer, q, k, v, None, dropout=0.1 if case == "dropout" else 0.0)
     assert calls == ["grouped" if grouped else "sdpa"]
 
 

@@ -1,17 +1,17 @@
 """`tunelab_sdpa`: transformers' SDPA attention, with faster CPU paths for three cases.
 
 Registered with transformers' `AttentionInterface` (and its mask interface, as SDPA's boolean masks) and chosen at
-load time for CPU models that would use "sdpa" (`models.loading`). Every other case (long sequences, fp32 training,
+load time for CPU models that would use "sdpa" (`models.loading`). Every other case (long sequences, fp32,
 GPUs, dropout, softcapping, blocks under `torch.compile`) is transformers' own `sdpa_attention_forward`, unchanged.
 
-- **Short bf16 sequences in training** (forwards a backward follows, fewer than `SHORT_ATTENTION` positions):
-  torch's fused CPU kernel is slow there (forward + backward 2x its math kernel at 157 positions) and its math
+- **Short bf16 sequences outside inference mode** (training and evaluation forwards, fewer than
+  `SHORT_ATTENTION` positions): torch's fused CPU kernel is slow there (forward + backward 2x its math kernel at 157 positions) and its math
   kernel, reached through transformers' `repeat_kv`, copies every key/value head per query head and works in fp32.
   The grouped path multiplies each key/value head with all of its query heads at once (no repeat), in bf16 with
   fp32 accumulation inside the matmul and an fp32 softmax, as the fused kernel does for long sequences: forward +
   backward of one SmolLM2 layer (8 x 157 tokens) 27.7 -> 17.2 ms; 7.7 -> 5.3 ms at 64 positions; even with the
-  fused kernel at 256 (51.7 vs 48.4 ms), which stays in use from there on. Forward only (evaluation, prefill) the
-  fused kernel is 2.5-4x faster than the grouped path and is used.
+  fused kernel at 256 (51.7 vs 48.4 ms), which stays in use from there on. In inference mode (the engine's
+  prefill) the fused kernel, 2.5-4x faster forward only, is used.
 - **Decode steps** (one query position per row, any dtype) attend only over the cache slots their rows attend
   (`decode_attention`): the slots of a batch's left padding and, in a static cache, those not written yet were read
   at every layer and step all the same, though masked (exact, since a masked slot adds nothing).
@@ -61,7 +61,7 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     bounds = cu_seq_lens.tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
         q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
-        if _grouped_is_faster(q, k, v, b - a):
+        if _grouped_is_faster(q, k, b - a):
             outs.append(grouped_attention(q, k, v, None, scaling))
         else:
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
@@ -88,17 +88,20 @@ def counting_segment_calls():
         _segment_calls.reset(token)
 
 
-def _grouped_is_faster(query, key, value, positions: int) -> bool:
-    """Where the grouped path beats torch's kernels: bf16 on CPU over fewer than `SHORT_ATTENTION` positions, in a
-    forward that a backward will follow."""
+def _grouped_is_faster(query, key, positions: int) -> bool:
+    """Where the grouped path beats torch's kernels: bf16 on CPU over fewer than `SHORT_ATTENTION` positions,
+    outside inference mode."""
     # Under torch.compile (`train.compile_blocks`) the block's graph keeps SDPA: the grouped path's shape checks
     # guard every sequence length (recompiles) and inductor fuses attention's elementwise work itself.
-    # Without a backward (evaluation, a prompt's prefill) the fused kernel is the faster one: forward only, one
+    # In inference mode (the generation engine's prefill) the fused kernel is the faster one, forward only: one
     # prompt of 9/3 heads, bf16, 2-core Xeon: 30 positions 76 vs 265 us, 90: 166 vs 406, 250: 547 vs 2,014.
-    backward = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
-    return (backward and not torch.compiler.is_compiling() and query.device.type == "cpu"
-            and query.dtype == torch.bfloat16 and key.dtype == torch.bfloat16 and positions < SHORT_ATTENTION
-            and query.shape[1] % key.shape[1] == 0)
+    # Evaluation in training (no_grad, not inference mode) stays on the grouped path on purpose: its losses are
+    # then the training forward's numbers (`lab explain` rebuilds a step's loss from per-example losses; the two
+    # kernels' bf16 roundings differ by ~0.5% on a loss), and gradient checkpointing's no-grad first forward and
+    # its recompute take the same kernel.
+    return (not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
+            and query.device.type == "cpu" and query.dtype == torch.bfloat16 and key.dtype == torch.bfloat16
+            and positions < SHORT_ATTENTION and query.shape[1] % key.shape[1] == 0)
 
 
 def _plain_call(module, dropout: float, kwargs) -> bool:
@@ -113,9 +116,9 @@ def _segments_apply(query, key, kwargs) -> bool:
             and torch.equal(q_bounds, k_bounds) and not torch.compiler.is_compiling())
 
 
-def _grouped_applies(query, key, value, attention_mask) -> bool:
+def _grouped_applies(query, key, attention_mask) -> bool:
     t = query.shape[2]
-    return (t == key.shape[2] and 1 < t and _grouped_is_faster(query, key, value, t)
+    return (t == key.shape[2] and 1 < t and _grouped_is_faster(query, key, t)
             and (attention_mask is None or attention_mask.dtype == torch.bool))
 
 
@@ -207,7 +210,7 @@ def tunelab_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torc
     plain = _plain_call(module, dropout, kwargs)
     if causal and plain and _segments_apply(query, key, kwargs):
         return segment_attention(query, key, value, kwargs["cu_seq_lens_q"], scale), None
-    if (attention_mask is not None or causal) and plain and _grouped_applies(query, key, value, attention_mask):
+    if (attention_mask is not None or causal) and plain and _grouped_applies(query, key, attention_mask):
         return grouped_attention(query, key, value, attention_mask, scale), None
     if causal and plain and _decode_applies(query, key, attention_mask):
         return decode_attention(query, key, value, attention_mask, scale), None
