@@ -82,6 +82,7 @@ def test_only_short_bf16_cpu_attention_takes_the_grouped_path(monkeypatch, case,
     assert calls == ["grouped" if grouped else "sdpa"]
 
 
+@pytest.mark.e2e
 def test_real_smollm2_trains_the_same_with_tunelab_sdpa(tmp_path, monkeypatch):
     """SmolLM2 in bf16 (forced: emulated on a CPU without bf16, slow but correct): loss and gradients of a padded
     batch with `tunelab_sdpa` (the grouped path) against transformers' own SDPA; the saved config names neither."""
