@@ -103,14 +103,16 @@ def main() -> None:
     rows.append(("engine_fp32_unpacked", f"GenerationEngine fp32, prefill w/o padding, unpacked ({threads} thr)",
                  *engine_run(unpacked)))
     del unpacked
-    rows.append(("engine_fp32", f"GenerationEngine fp32, w/o padding + packed weights ({threads} thr)",
-                 *engine_run(GenerationEngine(copy.deepcopy(model), tokenizer, gen_cfg))))
+    # The fp32 engine is also the default one (re-timed in the rounds below) where bf16 is not fast.
+    default_engine, default_row = GenerationEngine(copy.deepcopy(model), tokenizer, gen_cfg), "engine_fp32"
+    rows.append((default_row, f"GenerationEngine fp32, w/o padding + packed weights ({threads} thr)",
+                 *engine_run(default_engine)))
     # What `tunelab predict`/`chat` use for a generative run: model.predict_dtype auto (bf16 on a fast-bf16 CPU).
     auto_cfg = ModelConfig(name_or_path=args.model)
     auto_hw = detect_hardware(auto_cfg)
     dtype = predict_dtype(auto_cfg, auto_hw, generative=True)
-    default_engine, default_row = None, "engine_fp32"
     if dtype != torch.float32:
+        del default_engine  # its fp32 weights and packs, before the bf16 model loads (peak RSS as before)
         fast = load_model(auto_cfg, "causal_lm", auto_hw, tokenizer=tokenizer, for_training=False, dtype=dtype).eval()
         name = str(dtype).removeprefix("torch.")
         rows.append((f"engine_{name}_unpacked", f"GenerationEngine {name}, unpacked ({threads} thr)",
@@ -118,24 +120,22 @@ def main() -> None:
         default_engine, default_row = GenerationEngine(fast, tokenizer, gen_cfg), f"engine_{name}"
         rows.append((default_row, f"GenerationEngine {name} (tunelab default) ({threads} thr)",
                      *engine_run(default_engine)))  # packs `fast` from here on
-    else:
-        default_engine = GenerationEngine(copy.deepcopy(model), tokenizer, gen_cfg)
     # This VM's speed drifts by tens of percent over a minute; the baseline takes ~40 s, the engine ~4 s. So the pair
     # is timed again back to back, and the ratio is reported per round and as the median over all rounds.
-    ratios = [next(r[3] / r[4] for r in rows if r[0] == default_row) / (single_tokens / single_s)]
+    default_rows = [default_row]  # the default engine's rows: their speedups are the ratios per round
     baseline_of: dict[str, float] = {}  # rows timed in a round compare with that round's baseline
     for r in range(args.rounds):
         torch.set_num_threads(default_threads)
         base_texts, base_tokens, base_s, base_steal = one_at_a_time()
         torch.set_num_threads(threads)
         texts, tokens, seconds, steal = engine_run(default_engine)
-        ratios.append((tokens / seconds) / (base_tokens / base_s))
         rows.append((f"round{r + 1}_one_at_a_time_fp32", f"  round {r + 1}: one at a time, fp32", base_texts,
                      base_tokens, base_s, base_steal))
         for setting in (f"round{r + 1}_one_at_a_time_fp32", f"round{r + 1}_{default_row}"):
             baseline_of[setting] = base_tokens / base_s
         rows.append((f"round{r + 1}_{default_row}", f"  round {r + 1}: GenerationEngine default", texts, tokens,
                      seconds, steal))
+        default_rows.append(f"round{r + 1}_{default_row}")
 
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     padded_one = max(lengths) * len(lengths)  # one batch when batch_size >= prompts
@@ -159,6 +159,7 @@ def main() -> None:
                         "peak_rss_gb": rss, "cpu_flags": cpu_flags(), "host_steal_pct": steal})
     import statistics
 
+    ratios = [res["speedup"] for res in results if res["setting"] in default_rows]
     print(f"default engine / one at a time, per round: {' '.join(f'{x:.2f}x' for x in ratios)}; "
           f"median {statistics.median(ratios):.2f}x")
     print(f"peak RSS {rss:.2f} GB")
